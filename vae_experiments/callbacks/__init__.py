@@ -1,0 +1,1 @@
+"""Callbacks: image grids, throughput, metrics.json, RNG state for exact resume."""

@@ -1,0 +1,69 @@
+"""Factorised likelihoods p(x|z): Bernoulli and Gaussian, each summed over all values of an example."""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.distributions import Bernoulli, Distribution, Independent, Normal
+
+
+class BernoulliLikelihood(nn.Module):
+    """p(x|z) = prod_i Bernoulli(x_i; sigmoid(logit_i)).
+
+    On binarised data (``levels == 2``) this is a probability mass; on grey levels in [0, 1], as the rho-VAE paper
+    uses it, ``log_prob`` is the negative binary cross-entropy, not a normalised likelihood, and bits/dim is not
+    reported (the data's levels differ from the likelihood's).
+    """
+
+    levels = 2
+
+    def num_params(self, channels: int) -> int:
+        return channels
+
+    def forward(self, params: Tensor) -> Distribution:
+        # validate_args=False: grey-level targets in (0, 1) are allowed (BCE on intensities).
+        return Independent(Bernoulli(logits=params.float(), validate_args=False), params.dim() - 1)
+
+
+class GaussianLikelihood(nn.Module):
+    """p(x|z) = prod_i N(x_i; mu_i, sigma_i^2), a density (nats, not a mass over 8-bit levels).
+
+    ``sigma``: ``fixed`` (the constant ``sigma_init``), ``learned`` (one scalar, log-parametrised) or
+    ``per_pixel`` (the decoder outputs a second map, softplus + ``min_sigma``).
+    """
+
+    levels = None
+
+    def __init__(
+        self,
+        sigma: Literal["fixed", "learned", "per_pixel"] = "learned",
+        sigma_init: float = 1.0,
+        min_sigma: float = 1e-3,
+    ) -> None:
+        super().__init__()
+        if sigma not in ("fixed", "learned", "per_pixel"):
+            raise ValueError(f"likelihood.sigma must be fixed, learned or per_pixel, got {sigma!r}")
+        self.sigma = sigma
+        self.min_sigma = min_sigma
+        log_sigma = torch.tensor(math.log(sigma_init))
+        if sigma == "learned":
+            self.log_sigma = nn.Parameter(log_sigma)
+        else:
+            self.register_buffer("log_sigma", log_sigma)
+
+    def num_params(self, channels: int) -> int:
+        return 2 * channels if self.sigma == "per_pixel" else channels
+
+    def forward(self, params: Tensor) -> Distribution:
+        params = params.float()
+        if self.sigma == "per_pixel":
+            mu, s = params.chunk(2, dim=1)
+            scale = F.softplus(s) + self.min_sigma
+        else:
+            mu = params
+            scale = self.log_sigma.exp().expand_as(mu)
+        return Independent(Normal(mu, scale), mu.dim() - 1)

@@ -1,0 +1,42 @@
+"""The diagonal-Gaussian posterior q(z|x) = N(mu(x), diag(sigma^2(x)))."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.distributions import Distribution, Independent, Normal
+
+
+class DiagonalGaussianPosterior(nn.Module):
+    """A linear head ``h -> (mu, sigma)``; ``q = Independent(Normal(mu, sigma), 1)``.
+
+    ``scale``: how the second head becomes sigma: ``exp`` reads it as log sigma^2 (Kingma & Welling), ``softplus``
+    as softplus(.) + ``min_var`` for the variance (SOS-VAE's parametrisation).
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        latent_dim: int,
+        scale: Literal["exp", "softplus"] = "exp",
+        min_var: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if scale not in ("exp", "softplus"):
+            raise ValueError(f"posterior.scale must be 'exp' or 'softplus', got {scale!r}")
+        self.latent_dim = latent_dim
+        self.scale = scale
+        self.min_var = min_var
+        self.head = nn.Linear(in_features, 2 * latent_dim)
+
+    def forward(self, h: Tensor) -> Distribution:
+        mu, a = self.head(h).float().chunk(2, dim=-1)
+        if self.scale == "exp" and not self.min_var:
+            std = torch.exp(0.5 * a)
+        else:
+            var = a.exp() if self.scale == "exp" else F.softplus(a)
+            std = (var + self.min_var).sqrt()
+        return Independent(Normal(mu, std), 1)

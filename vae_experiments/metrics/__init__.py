@@ -1,0 +1,1 @@
+"""Evaluation metrics: importance-sampled NLL, bits/dim, posterior-collapse diagnostics, FID."""

@@ -1,0 +1,1 @@
+"""Objectives own the training step: ELBO family, IWAE, constrained KL, Soft-IntroVAE."""
