@@ -1,0 +1,113 @@
+"""The LightningModule: optimisers, logging and evaluation; the training step is the objective's."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+from torchmetrics import MeanMetric
+
+from vae_experiments.metrics.diagnostics import PosteriorDiagnostics
+from vae_experiments.metrics.nll import bits_per_dim, importance_sampled_log_likelihood
+from vae_experiments.model import VAE, kl_per_dim, posterior_mean
+from vae_experiments.objectives.base import Objective, OptimizerFactory
+
+TEST_KEYS = ("elbo", "nll", "recon", "kl")
+
+
+class VAEModule(L.LightningModule):
+    """Holds a ``VAE`` and an ``Objective``; logs the true ELBO for every objective.
+
+    Test: ``test/elbo``, ``test/recon``, ``test/kl`` (nats per example), ``test/nll`` (importance-sampled with
+    ``nll_samples``), ``test/bpd`` (when the likelihood is a mass over the data's levels), ``test/active_units`` and
+    the KL per latent dimension. All are reduced with torchmetrics, so they are exact across DDP ranks.
+    """
+
+    def __init__(
+        self,
+        model: VAE,
+        objective: Objective,
+        optimizer: OptimizerFactory,
+        data_levels: int | None = None,
+        nll_samples: int = 1000,
+        nll_max_rows: int = 65536,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.objective = objective
+        self.optimizer_factory = optimizer
+        self.automatic_optimization = objective.automatic_optimization
+        self.nll_samples = nll_samples
+        self.nll_max_rows = nll_max_rows
+        likelihood_levels = getattr(model.likelihood, "levels", None)
+        self.report_bpd = likelihood_levels is not None and likelihood_levels == data_levels
+        self.dims = math.prod(model.data_shape)
+        self.test_means = nn.ModuleDict({k: MeanMetric() for k in TEST_KEYS})
+        self.diagnostics = PosteriorDiagnostics(model.latent_dim)
+        self.test_extras: dict[str, Any] = {}
+
+    def log_metrics(self, stage: str, logs: dict[str, Tensor], batch_size: int) -> None:
+        """Log detached scalars as ``stage/name``; epoch means are weighted by batch size and synced across ranks."""
+        on_step = stage == "train"
+        for key, value in logs.items():
+            self.log(
+                f"{stage}/{key}",
+                value,
+                on_step=on_step,
+                on_epoch=True,
+                batch_size=batch_size,
+                sync_dist=not on_step,
+                prog_bar=key in ("loss", "elbo"),
+            )
+
+    def configure_optimizers(self) -> Any:
+        return self.objective.configure_optimizers(self.model, self.optimizer_factory)
+
+    def training_step(self, batch: Tensor, batch_idx: int) -> Tensor | None:
+        out = self.objective.training_step(self, batch)
+        if out is not None and not torch.isfinite(out.detach()):
+            raise FloatingPointError(
+                f"non-finite training loss at step {self.global_step}; the last good checkpoint is kept "
+                "(lower the learning rate, or add gradient clipping: trainer.gradient_clip_val=1.0)"
+            )
+        return out
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self.objective.on_train_batch_end(self)
+
+    def validation_step(self, batch: Tensor, batch_idx: int) -> None:
+        t = self.model.terms(batch, 1)
+        recon = t.log_px_z.mean(0)
+        kl = t.kl if t.analytic_kl else t.kl.mean(0)
+        logs = {"elbo": (recon - kl).mean(), "recon": -recon.mean(), "kl": kl.mean()}
+        if self.automatic_optimization:
+            logs["loss"] = self.objective.loss(self.model, batch, self.global_step)[0].detach()
+        self.log_metrics("val", logs, batch.shape[0])
+
+    def test_step(self, batch: Tensor, batch_idx: int) -> None:
+        q = self.model.encode(batch)
+        t = self.model.terms(batch, 1, q=q)
+        recon = t.log_px_z.mean(0)
+        kl = t.kl if t.analytic_kl else t.kl.mean(0)
+        log_px = importance_sampled_log_likelihood(self.model, batch, self.nll_samples, self.nll_max_rows)
+        values = {"elbo": recon - kl, "recon": -recon, "kl": kl, "nll": -log_px}
+        for key, value in values.items():
+            self.test_means[key].update(value)
+        self.diagnostics.update(posterior_mean(q), kl_per_dim(q, self.model.prior))
+
+    def on_test_epoch_end(self) -> None:
+        logs = {f"test/{k}": m.compute() for k, m in self.test_means.items()}
+        if self.report_bpd:
+            logs["test/bpd"] = bits_per_dim(logs["test/nll"], self.dims)
+        diag = self.diagnostics.compute()
+        logs["test/active_units"] = diag["active_units"].float()
+        self.log_dict(logs)
+        self.test_extras = {"test/nll_samples": self.nll_samples}
+        if "kl_per_dim" in diag:
+            self.test_extras["test/kl_per_dim"] = [round(v, 6) for v in diag["kl_per_dim"].tolist()]
+        self.test_extras["test/activity_per_dim"] = [round(v, 6) for v in diag["activity"].tolist()]
+        for m in (*self.test_means.values(), self.diagnostics):
+            m.reset()

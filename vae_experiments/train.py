@@ -1,0 +1,143 @@
+"""``vae-train``: compose, validate, seed, fit, test, and leave metrics, checkpoints and images in the run folder."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+from omegaconf import DictConfig, OmegaConf
+
+from vae_experiments.callbacks.throughput import Throughput
+from vae_experiments.errors import ConfigError
+from vae_experiments.model import VAE, build_model
+from vae_experiments.module import VAEModule
+from vae_experiments.validation import build_part, check_combination, instantiate, preflight
+
+PARTS = ("encoder", "posterior", "prior", "decoder", "likelihood")
+# The config root beside the package (the product's layout); absolute, because Hydra reads a relative path against
+# the *package* of an installed console script, where conf/ is not.
+CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+
+
+def build(cfg: DictConfig) -> tuple[L.LightningDataModule, VAEModule]:
+    """The DataModule and the LightningModule a config describes, validated (raises ``ConfigError``)."""
+    datamodule = instantiate(cfg.dataset, "dataset")
+    if hasattr(datamodule, "check"):
+        datamodule.check()
+    factories = {part: instantiate(cfg[part], part) for part in PARTS}
+    model = build_part(
+        lambda **kw: build_model(factories, **kw),
+        "model",
+        data_shape=datamodule.data_shape,
+        latent_dim=cfg.latent_dim,
+    )
+    objective = instantiate(cfg.objective, "objective")
+    check_combination(model, datamodule, objective)
+    preflight(model, objective)
+    module = VAEModule(
+        model=model,
+        objective=objective,
+        optimizer=instantiate(cfg.optimizer, "optimizer"),
+        data_levels=datamodule.levels,
+        nll_samples=cfg.eval.nll_samples,
+        nll_max_rows=cfg.eval.nll_max_rows,
+    )
+    return datamodule, module
+
+
+def build_trainer(cfg: DictConfig, throughput: Throughput | None = None) -> L.Trainer:
+    callbacks = [instantiate(node, f"callbacks.{name}") for name, node in (cfg.get("callbacks") or {}).items()]
+    if throughput is not None:
+        callbacks.append(throughput)
+    loggers = [instantiate(node, f"logger.{name}") for name, node in (cfg.get("logger") or {}).items()]
+    return instantiate(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False)
+
+
+def log_hyperparameters(trainer: L.Trainer, cfg: DictConfig, model: VAE) -> None:
+    params = {
+        "config": OmegaConf.to_container(cfg, resolve=True),
+        "parameters": sum(p.numel() for p in model.parameters()),
+    }
+    for logger in trainer.loggers:
+        logger.log_hyperparams(params)
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Fit and test the model ``cfg`` describes; write ``metrics.json``; return the flat final metrics.
+
+    The returned dict also holds ``cfg.optimized_metric`` under ``"objective"`` when set (Optuna reads it).
+    """
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    datamodule, module = build(cfg)
+    throughput = Throughput()
+    trainer = build_trainer(cfg, throughput)
+    log_hyperparameters(trainer, cfg, module.model)
+    if cfg.get("compile"):
+        module.model.compile()
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    metrics: dict[str, Any] = {}
+    if cfg.get("test", True):
+        trainer.test(module, datamodule=datamodule, verbose=False)
+        metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")})
+        metrics.update(module.test_extras)
+    metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")})
+    if throughput.images_per_sec is not None:
+        metrics["train/images_per_sec"] = throughput.images_per_sec
+    metrics["train/epochs"] = trainer.current_epoch
+    metrics["train/steps"] = trainer.global_step
+    if trainer.is_global_zero:
+        out = Path(cfg.paths.output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
+        print_summary(metrics, out)
+    return metrics
+
+
+def print_summary(metrics: dict[str, Any], out: Path) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="final metrics", show_header=True)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in sorted(metrics.items()):
+        if isinstance(value, float):
+            table.add_row(key, f"{value:.4f}")
+        elif isinstance(value, int):
+            table.add_row(key, str(value))
+    console = Console()
+    console.print(table)
+    console.print(f"run directory: {out}")
+
+
+def optimized_value(metrics: dict[str, Any], name: str | None) -> float | None:
+    """The metric a sweeper optimises; a missing or non-finite one is a clear error, never a silent 0."""
+    if not name:
+        return None
+    if name not in metrics:
+        raise ConfigError(f"optimized_metric={name} is not among the final metrics; choose one of {sorted(metrics)}")
+    value = float(metrics[name])
+    return value if math.isfinite(value) else float("nan")
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
+def _hydra_main(cfg: DictConfig) -> float | None:
+    try:
+        metrics = train(cfg)
+        return optimized_value(metrics, cfg.get("optimized_metric"))
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
+def main() -> None:
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    main()
