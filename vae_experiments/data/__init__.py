@@ -1,0 +1,1 @@
+"""Data: one DataModule over offline sources (embedded, system package, local folder) and opt-in downloads."""
