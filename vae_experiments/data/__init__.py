@@ -1,1 +1,5 @@
-"""Data: one DataModule over offline sources (embedded, system package, local folder) and opt-in downloads."""
+"""Data: one DataModule (``VAEDataModule``), the data-set sources, in-memory splits and the 2-D toys."""
+
+from vae_experiments.data.datamodule import VAEDataModule
+
+__all__ = ["VAEDataModule"]
