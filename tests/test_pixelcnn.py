@@ -151,3 +151,18 @@ def test_samples_follow_the_models_own_distribution(shape, conditional, channel_
     assert stat < chi2.ppf(1 - 1e-4, dof), (stat, dof)
     assert (counts / n - probs.double()).abs().max() < 0.015
     assert probs.max() > 2 * probs.min()  # a non-trivial distribution was tested
+
+
+def test_config_defaults_are_the_binary_vlae_setup():
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.load("conf/decoder/pixelcnn.yaml")
+    assert cfg.base._target_ == "vae_experiments.nets.conv.ConvDecoder"
+    cfg.base = None
+    cfg.conditional = False
+    dec = instantiate(cfg)(latent_dim=LATENT, out_shape=(1, 6, 6), data_shape=(1, 6, 6))
+    assert dec.autoregressive and dec.receptive_field == "13x6"
+    assert sum(len(block) for block in dec.res1x1) == 4 and all(
+        layer is dec.layers[0] for layer in dec.layers
+    )
