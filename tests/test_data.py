@@ -450,6 +450,6 @@ def test_synthetic_images_have_the_asked_shape_and_levels() -> None:
     assert len(dm.val_set) == 4 and len(dm.test_set) == 6
     again = VAEDataModule(name="synthetic", shape=(3, 7, 5), n_train=20, val_size=4, n_test=6)
     again.setup()
-    assert torch.equal(dm.test_set[list(range(6))], again.test_set[list(range(6))])
+    assert torch.equal(dm.test_set.__getitems__(list(range(6))), again.test_set.__getitems__(list(range(6))))
     with pytest.raises(ConfigError, match=r"dataset\.shape"):
         VAEDataModule(name="synthetic", shape=(5, 5))
