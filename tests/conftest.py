@@ -37,10 +37,11 @@ def compose_cfg(overrides: list[str], out: Path, config_name: str = "train") -> 
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         cfg = compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
+    with open_dict(cfg):  # before set_config, which makes the hydra node read-only
         cfg.paths.output_dir = str(out)
         cfg.hydra.runtime.output_dir = str(out)
+        cfg.hydra.job.num = 0  # set by Hydra's launcher in a real run; log_hyperparameters resolves it
+    HydraConfig.instance().set_config(cfg)
     return cfg
 
 

@@ -48,6 +48,8 @@ class VAEModule(L.LightningModule):
         self.test_means = nn.ModuleDict({k: MeanMetric() for k in TEST_KEYS})
         self.diagnostics = PosteriorDiagnostics(model.latent_dim)
         self.test_extras: dict[str, Any] = {}
+        # how the run computes what it reports (kl_estimator, decoder/receptive_field); set by train.build
+        self.run_info: dict[str, str] = {}
 
     def log_metrics(self, stage: str, logs: dict[str, Tensor], batch_size: int) -> None:
         """Log detached scalars as ``stage/name``; epoch means are weighted by batch size and synced across ranks."""
@@ -62,6 +64,10 @@ class VAEModule(L.LightningModule):
                 sync_dist=not on_step,
                 prog_bar=key in ("loss", "elbo"),
             )
+
+    def on_fit_start(self) -> None:
+        for logger in self.loggers:
+            logger.log_hyperparams(self.run_info)
 
     def configure_optimizers(self) -> Any:
         return self.objective.configure_optimizers(self.model, self.optimizer_factory)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import sys
 from pathlib import Path
@@ -16,8 +17,9 @@ from vae_experiments.callbacks.throughput import Throughput
 from vae_experiments.errors import ConfigError
 from vae_experiments.model import VAE, build_model
 from vae_experiments.module import VAEModule
-from vae_experiments.validation import build_part, check_combination, instantiate, preflight
+from vae_experiments.validation import build_part, check_combination, describe, instantiate, preflight
 
+log = logging.getLogger(__name__)
 PARTS = ("encoder", "posterior", "prior", "decoder", "likelihood")
 # The config root beside the package (the product's layout); absolute, because Hydra reads a relative path against
 # the *package* of an installed console script, where conf/ is not.
@@ -38,7 +40,7 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, VAEModule]:
     )
     objective = instantiate(cfg.objective, "objective")
     check_combination(model, datamodule, objective)
-    preflight(model, objective)
+    terms = preflight(model, objective)
     module = VAEModule(
         model=model,
         objective=objective,
@@ -47,6 +49,11 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, VAEModule]:
         nll_samples=cfg.eval.nll_samples,
         nll_max_rows=cfg.eval.nll_max_rows,
     )
+    module.run_info = describe(model, terms)
+    for key, value in module.run_info.items():
+        log.info("%s: %s", key, value)
+    if not terms.analytic_kl:
+        log.info("no closed-form KL for this posterior/prior pair: the objective uses log q(z|x) - log p(z)")
     return datamodule, module
 
 
@@ -90,6 +97,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         metrics["train/images_per_sec"] = throughput.images_per_sec
     metrics["train/epochs"] = trainer.current_epoch
     metrics["train/steps"] = trainer.global_step
+    metrics.update(module.run_info)
     if trainer.is_global_zero:
         out = Path(cfg.paths.output_dir)
         out.mkdir(parents=True, exist_ok=True)

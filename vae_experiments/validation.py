@@ -86,8 +86,10 @@ def check_combination(model: Any, datamodule: Any, objective: Any) -> None:
             part.check(model, datamodule)
 
 
-def preflight(model: Any, objective: Any) -> None:
-    """One forward pass and loss on two random examples: shape errors surface before any data are read."""
+def preflight(model: Any, objective: Any) -> Any:
+    """One forward pass and loss on two random examples: shape errors surface before any data are read.
+
+    Returns the ``ELBOTerms`` of that pass (``describe`` reads how the KL is computed from them)."""
     x = torch.rand(2, *model.data_shape)
     if getattr(model.likelihood, "levels", None) == 2:
         x = x.round()
@@ -109,3 +111,15 @@ def preflight(model: Any, objective: Any) -> None:
         model.train(was_training)
     if not torch.isfinite(terms.elbo).all():
         raise ConfigError("the ELBO is not finite at initialisation; check the likelihood's scale settings")
+    return terms
+
+
+def describe(model: Any, terms: Any) -> dict[str, str]:
+    """What a run must state about itself (printed at start, in the hyper-parameters and in metrics.json):
+    ``kl_estimator`` ``analytic`` (closed form) or ``mc`` (the single-sample estimate log q(z|x) - log p(z), when the
+    posterior/prior pair has no closed form: an AF prior, an IAF posterior), and an autoregressive decoder's
+    ``decoder/receptive_field`` ("A x B": A wide, B tall above the pixel, (A - 1) / 2 to its left)."""
+    info = {"kl_estimator": "analytic" if terms.analytic_kl else "mc"}
+    if hasattr(model.decoder, "receptive_field"):
+        info["decoder/receptive_field"] = str(model.decoder.receptive_field)
+    return info

@@ -196,17 +196,23 @@ class PixelCNNDecoder(nn.Module):
     def sample(self, z: Tensor, likelihood: Callable[[Tensor], torch.distributions.Distribution]) -> Tensor:
         """x_i ~ p(x_i | z, x_<i) pixel by pixel (and colour by colour with channel masks), batched over z.
 
-        The base features are computed once; each step runs the stack only on the rows that reach row i."""
+        The base features are computed once; each step runs the stack only on ``window(i, j)``."""
         c, height, width = self.data_shape
         cond = self.base(z) if self.base is not None else None
         x = z.new_zeros(z.shape[0], c, height, width)
         steps = [slice(k, k + 1) for k in range(c)] if self.channel_masks else [slice(None)]
-        reach = self.n_layers * self.kernel_height
         for i in range(height):
-            top = max(0, i - reach)
-            rows = slice(top, i + 1)
             for j in range(width):
+                rows, cols = self.window(i, j)
                 for ch in steps:
-                    params = self._net(x[:, :, rows], cond[:, :, rows] if cond is not None else None)
-                    x[:, ch, i, j] = likelihood(params).sample()[:, ch, -1, j]
+                    params = self._net(x[:, :, rows, cols], cond[:, :, rows, cols] if cond is not None else None)
+                    x[:, ch, i, j] = likelihood(params).sample()[:, ch, -1, j - cols.start]
         return x
+
+    def window(self, i: int, j: int) -> tuple[slice, slice]:
+        """Rows and columns whose inputs reach pixel (i, j): the n_layers kh rows above and n_layers r columns each
+        side. Every activation the output at (i, j) depends on lies inside, so the stack run on this crop gives
+        exactly the full image's parameters at (i, j) (the crop's zero padding lands only outside the field)."""
+        reach_h, reach_w = self.n_layers * self.kernel_height, self.n_layers * self.r
+        width = self.data_shape[2]
+        return slice(max(0, i - reach_h), i + 1), slice(max(0, j - reach_w), min(width, j + reach_w + 1))
