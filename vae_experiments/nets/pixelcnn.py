@@ -196,17 +196,26 @@ class PixelCNNDecoder(nn.Module):
     def sample(self, z: Tensor, likelihood: Callable[[Tensor], torch.distributions.Distribution]) -> Tensor:
         """x_i ~ p(x_i | z, x_<i) pixel by pixel (and colour by colour with channel masks), batched over z.
 
-        The base features are computed once; each step runs the stack only on ``window(i, j)``."""
+        The base features are computed once; each step runs the stack only on ``window(i, j)``. On the CPU the
+        per-pixel passes run on one thread: they are too small to share, and on a busy 2-core machine two
+        threads made a 28x28 draw 35 times slower (277 s vs 7.8 s, BENCHMARKS.md)."""
         c, height, width = self.data_shape
         cond = self.base(z) if self.base is not None else None
         x = z.new_zeros(z.shape[0], c, height, width)
         steps = [slice(k, k + 1) for k in range(c)] if self.channel_masks else [slice(None)]
-        for i in range(height):
-            for j in range(width):
-                rows, cols = self.window(i, j)
-                for ch in steps:
-                    params = self._net(x[:, :, rows, cols], cond[:, :, rows, cols] if cond is not None else None)
-                    x[:, ch, i, j] = likelihood(params).sample()[:, ch, -1, j - cols.start]
+        threads = torch.get_num_threads()
+        if z.device.type == "cpu":
+            torch.set_num_threads(1)
+        try:
+            for i in range(height):
+                for j in range(width):
+                    rows, cols = self.window(i, j)
+                    for ch in steps:
+                        ctx = cond[:, :, rows, cols] if cond is not None else None
+                        params = self._net(x[:, :, rows, cols], ctx)
+                        x[:, ch, i, j] = likelihood(params).sample()[:, ch, -1, j - cols.start]
+        finally:
+            torch.set_num_threads(threads)
         return x
 
     def window(self, i: int, j: int) -> tuple[slice, slice]:
