@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from vae_experiments.callbacks.throughput import Throughput
 from vae_experiments.errors import ConfigError
+from vae_experiments.metrics.evaluations import run_test_evaluations
 from vae_experiments.model import VAE, build_model
 from vae_experiments.module import VAEModule
 from vae_experiments.validation import build_part, check_combination, instantiate, preflight
@@ -85,6 +86,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         trainer.test(module, datamodule=datamodule, verbose=False)
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")})
         metrics.update(module.test_extras)
+        if trainer.is_global_zero:
+            extra = run_test_evaluations(cfg.eval, module.model, datamodule)
+            for logger in trainer.loggers:
+                logger.log_metrics({k: v for k, v in extra.items() if isinstance(v, float)}, step=trainer.global_step)
+                logger.save()
+            metrics.update(extra)
     metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")})
     if throughput.images_per_sec is not None:
         metrics["train/images_per_sec"] = throughput.images_per_sec
