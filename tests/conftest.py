@@ -1,0 +1,54 @@
+"""Shared fixtures: composed configs the way ``vae-train`` composes them, pointed at a temporary run folder."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
+
+from vae_experiments.train import CONFIG_DIR
+
+# Small, fast runs: the suite has 2 cores and a 15-minute budget.
+FAST = [
+    "trainer.max_epochs=1",
+    "+trainer.limit_train_batches=3",
+    "+trainer.limit_val_batches=2",
+    "+trainer.limit_test_batches=1",
+    "eval.nll_samples=8",
+    "callbacks.progress_bar=null",
+    "trainer.enable_progress_bar=false",
+]
+
+
+@pytest.fixture(autouse=True)
+def _seed_and_threads() -> None:
+    torch.manual_seed(0)
+    torch.set_num_threads(2)
+
+
+def compose_cfg(overrides: list[str], out: Path, config_name: str = "train") -> DictConfig:
+    """Compose like the CLI does, with the hydra node set, so ``${hydra:...}`` resolves; outputs go to ``out``."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(out)
+        cfg.hydra.runtime.output_dir = str(out)
+    return cfg
+
+
+@pytest.fixture
+def make_cfg(tmp_path: Path) -> Callable[..., DictConfig]:
+    """``make_cfg(*overrides, fast=True)``: a train config whose outputs land in ``tmp_path``."""
+
+    def _make(*overrides: str, fast: bool = True, out: Path | None = None) -> DictConfig:
+        return compose_cfg([*(FAST if fast else []), *overrides], out or tmp_path)
+
+    return _make

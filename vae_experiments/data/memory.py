@@ -1,0 +1,58 @@
+"""In-memory splits: one tensor per split, batches by one vectorised index (no per-item Python transform)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+
+class InMemoryDataset(Dataset[Tensor]):
+    """A split held as ONE tensor ``data`` of shape ``(N, *data_shape)`` (uint8 images or float toy points).
+
+    A read returns ``data[indices].float() / scale``. ``resample=True`` re-draws ``x ~ Bernoulli(x)`` on every
+    read (dynamic binarisation of a training split); ``hflip=True`` mirrors each image left-right with
+    probability 1/2. Both use the global torch generator, so ``seed_everything`` and the DataLoader's
+    per-worker seeds govern them.
+
+    It stays a map-style ``Dataset`` (``__len__``/``__getitem__``), so a ``DataLoader`` with any sampler,
+    including the ``DistributedSampler`` Lightning injects, works. The DataLoader's fetcher calls
+    ``__getitems__`` with the whole batch of indices; use ``collate_batch`` as its ``collate_fn``.
+    """
+
+    def __init__(self, data: Tensor, scale: float = 1.0, resample: bool = False, hflip: bool = False) -> None:
+        self.data = data
+        self.scale = float(scale)
+        self.resample = resample
+        self.hflip = hflip
+
+    def __len__(self) -> int:
+        return self.data.shape[0]
+
+    def __getitem__(self, index: int) -> Tensor:
+        return self.__getitems__([index])[0]
+
+    def __getitems__(self, indices: list[int]) -> Tensor:
+        x = self.data.index_select(0, torch.as_tensor(indices, dtype=torch.long))
+        # uint8 * float scalar promotes to float32 in one pass; .to() is then a no-op
+        x = (x * (1.0 / self.scale) if self.scale != 1.0 else x).to(torch.float32)
+        if self.resample:
+            x = torch.bernoulli(x)
+        if self.hflip:
+            flip = (torch.rand(x.shape[0]) < 0.5).view(-1, *([1] * (x.dim() - 1)))
+            x = torch.where(flip, x.flip(-1), x)
+        return x
+
+
+def collate_batch(batch: Tensor) -> Tensor:
+    """The DataLoader ``collate_fn`` for ``InMemoryDataset``: the batch already is one tensor."""
+    return batch
+
+
+def binarize_once(data: Tensor, scale: float, seed: int) -> Tensor:
+    """One Bernoulli draw per value with probability ``data / scale`` from a generator seeded with ``seed``.
+
+    Returns uint8 zeros and ones of the shape of ``data``: the same bits on every call with the same seed.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    return torch.bernoulli(data.to(torch.float32) / scale, generator=generator).to(torch.uint8)
