@@ -83,9 +83,7 @@ def celeba_root(tmp_path: Path, no_md5: None) -> tuple[Path, list[np.ndarray]]:
     for name, image in zip(names, images, strict=True):
         Image.fromarray(image).save(folder / "img_align_celeba" / name)
     parts = [0] * 12 + [1] * 4 + [2] * 4
-    (folder / "list_eval_partition.txt").write_text(
-        "".join(f"{n} {p}\n" for n, p in zip(names, parts, strict=True))
-    )
+    (folder / "list_eval_partition.txt").write_text("".join(f"{n} {p}\n" for n, p in zip(names, parts, strict=True)))
     (folder / "identity_CelebA.txt").write_text("".join(f"{n} {i}\n" for i, n in enumerate(names)))
     attrs = " ".join(f"a{k}" for k in range(40))
     (folder / "list_attr_celeba.txt").write_text(
@@ -333,9 +331,7 @@ def test_corrupted_files_are_config_errors(mnist_root) -> None:
 
 
 def test_toy2d_shapes_and_levels(tmp_path: Path) -> None:
-    dm = VAEDataModule(
-        "toy2d", root=tmp_path, toy="rings", n_train=1000, val_size=100, n_test=200, batch_size=50
-    )
+    dm = VAEDataModule("toy2d", root=tmp_path, toy="rings", n_train=1000, val_size=100, n_test=200, batch_size=50)
     assert dm.data_shape == (2,) and dm.levels is None
     dm.setup()
     assert (len(dm.train_set), len(dm.val_set), len(dm.test_set)) == (1000, 100, 200)
@@ -438,8 +434,6 @@ def test_every_dataset_config_instantiates_without_data(path: Path, tmp_path: Pa
 
 
 def test_digits_config_defaults(tmp_path: Path) -> None:
-    cfg = OmegaConf.merge(
-        {"paths": {"data_dir": str(tmp_path)}}, {"dataset": OmegaConf.load(CONF / "digits.yaml")}
-    )
+    cfg = OmegaConf.merge({"paths": {"data_dir": str(tmp_path)}}, {"dataset": OmegaConf.load(CONF / "digits.yaml")})
     dm = hydra.utils.instantiate(cfg.dataset)
     assert dm.binarize == "dynamic" and dm.batch_size == 64 and dm.levels == 2

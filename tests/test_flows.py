@@ -43,9 +43,7 @@ def test_made_jacobian_is_strictly_triangular_in_its_order():
 @pytest.mark.parametrize("mean_only", [True, False])
 def test_flow_prior_density_is_change_of_variables(mean_only):
     torch.manual_seed(0)
-    prior = AutoregressiveFlowPrior(
-        D, steps=3, hidden_layers=2, hidden_units=32, mean_only=mean_only
-    ).double()
+    prior = AutoregressiveFlowPrior(D, steps=3, hidden_layers=2, hidden_units=32, mean_only=mean_only).double()
     assert prior.distribution() is None
     z = 1.5 * torch.randn(4, D, dtype=torch.float64)
     eps, log_det = prior.inverse(z)

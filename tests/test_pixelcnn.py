@@ -82,18 +82,14 @@ def test_grey_field_is_exactly_the_advertised_rectangle(n_layers, kernel_size, k
 @pytest.mark.parametrize("grayscale", [False, True])
 def test_rgb_field_channel_order_and_grey_context(channel_masks, grayscale):
     shape = (3, 5, 5)
-    dec = make(
-        shape, n_layers=2, res1x1_blocks=1, res1x1_every=1, channel_masks=channel_masks, grayscale=grayscale
-    )
+    dec = make(shape, n_layers=2, res1x1_blocks=1, res1x1_every=1, channel_masks=channel_masks, grayscale=grayscale)
     jac = jacobian(dec, shape)
     grey = torch.tensor(GREY, dtype=torch.float64)
     for p, i, j in itertools.product(range(3), range(5), range(5)):
         g = jac[p, i, j]
         want = expected(shape, 5, 2, p if channel_masks else None, i, j)
         assert torch.equal(g != 0, want), (p, i, j)
-        if (
-            grayscale
-        ):  # context enters only as 0.299R + 0.587G + 0.114B: gradients proportional to the weights
+        if grayscale:  # context enters only as 0.299R + 0.587G + 0.114B: gradients proportional to the weights
             ctx = want.clone()
             ctx[:, i, j] = False
             per_weight = g[:, ctx[0]] / grey[:, None]
@@ -163,6 +159,4 @@ def test_config_defaults_are_the_binary_vlae_setup():
     cfg.conditional = False
     dec = instantiate(cfg)(latent_dim=LATENT, out_shape=(1, 6, 6), data_shape=(1, 6, 6))
     assert dec.autoregressive and dec.receptive_field == "13x6"
-    assert sum(len(block) for block in dec.res1x1) == 4 and all(
-        layer is dec.layers[0] for layer in dec.layers
-    )
+    assert sum(len(block) for block in dec.res1x1) == 4 and all(layer is dec.layers[0] for layer in dec.layers)

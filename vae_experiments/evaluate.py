@@ -18,7 +18,7 @@ from vae_experiments.train import CONFIG_DIR, build, print_summary
 
 
 def run_config(ckpt_path: Path) -> DictConfig:
-    """The saved config of the run a checkpoint belongs to (``RUN/checkpoints/x.ckpt`` -> ``RUN/.hydra/config.yaml``)."""
+    """The saved config of the run a checkpoint is in: ``RUN/checkpoints/x.ckpt`` -> ``RUN/.hydra/config.yaml``."""
     for parent in ckpt_path.resolve().parents:
         candidate = parent / ".hydra" / "config.yaml"
         if candidate.is_file():

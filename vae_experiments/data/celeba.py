@@ -62,9 +62,7 @@ def celeba_splits(
         lambda: datasets.CelebA(root, split="all", target_type=[], transform=v2.Compose(steps)),
     )
     if subset is not None and not 0 < subset <= len(celeba):
-        raise ConfigError(
-            f"dataset.subset={subset} but CelebA has {len(celeba)} images: choose 1..{len(celeba)}"
-        )
+        raise ConfigError(f"dataset.subset={subset} but CelebA has {len(celeba)} images: choose 1..{len(celeba)}")
     if subset is None:
         partition = (Path(root) / "celeba" / "list_eval_partition.txt").read_text().split()[1::2]
         parts = [[i for i, p in enumerate(partition) if p == str(k)] for k in range(3)]

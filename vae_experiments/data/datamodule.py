@@ -102,9 +102,7 @@ class VAEDataModule(LightningDataModule):
         if name == "celeba" and val_size is not None:
             raise ConfigError("CelebA has its own validation split: set dataset.val_size=null")
         if name != "celeba" and (image_size is not None or subset is not None):
-            raise ConfigError(
-                f"dataset.image_size and dataset.subset apply to celeba only: set them null for {name}"
-            )
+            raise ConfigError(f"dataset.image_size and dataset.subset apply to celeba only: set them null for {name}")
         if test_size is not None and name not in ("digits", "omniglot"):
             raise ConfigError(f"{name} has a fixed test split: set dataset.test_size=null")
         if hflip and name == "toy2d":
@@ -177,9 +175,7 @@ class VAEDataModule(LightningDataModule):
         elif self.name == "toy2d":
             points = sample_toy(self.toy, self.n_train + self.val_size + self.n_test, self.seed, self.scale)
             train, val, test = points.split([self.n_train, self.val_size, self.n_test])
-            self.train_set, self.val_set, self.test_set = (
-                InMemoryDataset(t.clone()) for t in (train, val, test)
-            )
+            self.train_set, self.val_set, self.test_set = (InMemoryDataset(t.clone()) for t in (train, val, test))
         else:
             self._setup_in_memory()
 

@@ -188,9 +188,7 @@ def load_cifar10(root: str | Path) -> tuple[Tensor, Tensor]:
 
 def _omniglot_images(root: str | Path, background: bool) -> Tensor:
     resize = v2.Compose([v2.PILToTensor(), v2.Resize((OMNIGLOT_SIZE, OMNIGLOT_SIZE), antialias=True)])
-    ds = open_torchvision(
-        "omniglot", root, lambda: datasets.Omniglot(root, background=background, transform=resize)
-    )
+    ds = open_torchvision("omniglot", root, lambda: datasets.Omniglot(root, background=background, transform=resize))
     # torchvision lists folders in os.listdir order; sort by path so the pool (and so the split) is the same
     # on every file system. This reads two private attributes of torchvision's Omniglot.
     order = sorted(

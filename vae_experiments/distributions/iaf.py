@@ -67,9 +67,7 @@ class IAFDistribution(Distribution):
         z, log_det = value, value.new_zeros(value.shape[:-1])
         for t in reversed(range(len(self.mades))):
             prev = torch.zeros_like(z)
-            for _ in range(
-                z.shape[-1]
-            ):  # z_{t-1} = (z_t - (1 - sigma) m) / sigma, one more variable per pass
+            for _ in range(z.shape[-1]):  # z_{t-1} = (z_t - (1 - sigma) m) / sigma, one more variable per pass
                 m, log_sigma = self._step(t, prev)
                 prev = (z - (1 - log_sigma.exp()) * m) * torch.exp(-log_sigma)
             log_det = log_det - log_sigma.sum(-1)

@@ -35,9 +35,7 @@ class MADE(nn.Module):
     ) -> None:
         super().__init__()
         if features < 2 and context == 0:
-            raise ConfigError(
-                "an autoregressive flow over 1 dimension has nothing to condition on; use latent_dim>=2"
-            )
+            raise ConfigError("an autoregressive flow over 1 dimension has nothing to condition on; use latent_dim>=2")
         self.order = torch.arange(features) if order is None else torch.as_tensor(order)
         self.features, self.n_params, self.context = features, n_params, context
         adjacency = self.order[None, :] < self.order[:, None]

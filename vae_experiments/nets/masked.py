@@ -28,9 +28,7 @@ class MaskedConv2d(nn.Conv2d):
 def channel_mask(in_groups: Tensor, out_groups: Tensor, strict: bool) -> Tensor:
     """(out, in) 0/1 matrix: an input channel of colour group a may feed output group b iff a < b (mask A,
     ``strict``) or a <= b (mask B). Group -1 (the z features) feeds every output."""
-    allowed = (
-        in_groups[None, :] < out_groups[:, None] if strict else in_groups[None, :] <= out_groups[:, None]
-    )
+    allowed = in_groups[None, :] < out_groups[:, None] if strict else in_groups[None, :] <= out_groups[:, None]
     return (allowed | (in_groups[None, :] < 0)).float()
 
 

@@ -54,9 +54,7 @@ class _MaskedLayer(nn.Module):
         mask_h = _ones(out, width, 1, r + 1)
         mask_h[:, :, 0, r] = channel_mask(hg, hg_out, strict=False)
         self.conv_h = MaskedConv2d(mask_h, (r, 0, 0, 0))
-        self.link = nn.Conv2d(
-            out, out, 1
-        )  # from the vertical stream: it sees only rows above, no mask needed
+        self.link = nn.Conv2d(out, out, 1)  # from the vertical stream: it sees only rows above, no mask needed
         if gated:
             self.out = MaskedConv2d(channel_mask(hg, hg, strict=False)[..., None, None], (0, 0, 0, 0))
 
@@ -124,13 +122,9 @@ class PixelCNNDecoder(nn.Module):
         if block not in ("residual", "gated"):
             raise ConfigError(f"decoder.block must be residual or gated, got {block!r}")
         if conditional and base is None:
-            raise ConfigError(
-                "decoder.conditional=true needs decoder.base (a decoder z -> cond feature maps)"
-            )
+            raise ConfigError("decoder.conditional=true needs decoder.base (a decoder z -> cond feature maps)")
         if grayscale and c != 3:
-            raise ConfigError(
-                f"decoder.grayscale needs RGB data, got {c} channels; set decoder.grayscale=false"
-            )
+            raise ConfigError(f"decoder.grayscale needs RGB data, got {c} channels; set decoder.grayscale=false")
         if channel_masks is None:
             channel_masks = c > 1 and n_params in (c, 2 * c)
         if channel_masks and n_params % c:
@@ -141,9 +135,7 @@ class PixelCNNDecoder(nn.Module):
         self.n_layers, self.kernel_height, self.r = n_layers, kernel_height, kernel_size // 2
         self.base = None
         if conditional:
-            self.base = base(
-                latent_dim=latent_dim, out_shape=(cond_channels, height, width), data_shape=data_shape
-            )
+            self.base = base(latent_dim=latent_dim, out_shape=(cond_channels, height, width), data_shape=data_shape)
         cc = cond_channels if conditional else 0
         n_groups = c if self.channel_masks else 1
         hg = groups(hidden_channels, n_groups)
@@ -168,9 +160,7 @@ class PixelCNNDecoder(nn.Module):
         self.layers = nn.ModuleList(
             [shared or _MaskedLayer(f, kh, r, block == "gated", n_groups) for _ in range(n_layers - 1)]
         )
-        gaps = [
-            res1x1_every > 0 and (l + 1) % res1x1_every == 0 and l + 1 < n_layers for l in range(n_layers)
-        ]
+        gaps = [res1x1_every > 0 and (l + 1) % res1x1_every == 0 and l + 1 < n_layers for l in range(n_layers)]
         self.res1x1 = nn.ModuleList(
             nn.Sequential(*[_Res1x1(f, n_groups) for _ in range(res1x1_blocks if gap else 0)]) for gap in gaps
         )
