@@ -197,6 +197,7 @@ class FIDInception(nn.Module):
         self.mixed_9, self.mixed_10 = MixedE(1280, max_pool=False), MixedE(2048, max_pool=True)
         self.requires_grad_(False)
         self.train(False)
+        self.to(memory_format=torch.channels_last)  # ~2x faster on CPU; load_state_dict keeps it
 
     def train(self, mode: bool = True) -> FIDInception:
         """Ignore ``mode``: FID is defined with the frozen network (a parent's ``.train()`` can't flip it)."""
@@ -208,7 +209,7 @@ class FIDInception(nn.Module):
             x = x.expand(-1, 3, -1, -1)
         if x.shape[-2:] != (299, 299):
             x = F.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False)
-        x = 2 * x - 1
+        x = (2 * x - 1).contiguous(memory_format=torch.channels_last)
         for layer in self.children():  # registration order is the network's order
             x = layer(x)
         return F.adaptive_avg_pool2d(x, 1).flatten(1)
