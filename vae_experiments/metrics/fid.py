@@ -145,12 +145,16 @@ def stats_path(name: str, split: str, n: int, image_shape: tuple[int, ...]) -> P
     return cache_dir() / "fid_stats" / f"{name}-{split}-n{n}-{shape}.npz"
 
 
-def _generated(generate: Callable[[int], Tensor], n: int, batch_size: int) -> Iterator[Tensor]:
+def _generated(
+    generate: Callable[[int], Tensor], n: int, batch_size: int, shapes: list[tuple[int, ...]]
+) -> Iterator[Tensor]:
+    """``n`` images from ``generate``, ``batch_size`` at a time; each image shape is added to ``shapes``."""
     for start in range(0, n, batch_size):
         count = min(batch_size, n - start)
         x = generate(count)
         if x.shape[0] != count:
             raise ValueError(f"generate({count}) returned {x.shape[0]} images")
+        shapes.append(tuple(x.shape[1:]))
         yield x
 
 
@@ -185,13 +189,7 @@ def compute_fid(
     n_reference = n if n_reference is None else n_reference
 
     shapes: list[tuple[int, ...]] = []
-
-    def generated() -> Iterator[Tensor]:
-        for x in _generated(generate, n, batch_size):
-            shapes.append(tuple(x.shape[1:]))
-            yield x
-
-    fake = feature_stats(generated(), n, inception)
+    fake = feature_stats(_generated(generate, n, batch_size, shapes), n, inception)
     cached = False
     if isinstance(reference, FeatureStats):
         real = reference
