@@ -44,9 +44,7 @@ def dense(q: AR1Normal) -> MultivariateNormal:
     """The same Gaussian with the covariance s T(rho) built independently with scipy's Toeplitz."""
     rho, s = q.rho, q.log_s.exp()
     lags = torch.arange(q.dim).double().numpy()
-    cov = torch.stack(
-        [si * torch.from_numpy(toeplitz(ri.item() ** lags)) for ri, si in zip(rho, s, strict=True)]
-    )
+    cov = torch.stack([si * torch.from_numpy(toeplitz(ri.item() ** lags)) for ri, si in zip(rho, s, strict=True)])
     return MultivariateNormal(q.loc, covariance_matrix=cov)
 
 
