@@ -1,6 +1,6 @@
 """VLAE speed per PixelCNN receptive field: training images/s and the time to sample 64 images (BENCHMARKS.md).
 
-    python scripts/bench_vlae.py --out benchmarks/vlae.json
+    PYTHONPATH=. python scripts/bench_vlae.py --threads 1 --out benchmarks/vlae.json
 
 The model is ``experiment=vlae`` (ResNet encoder and base decoder, AF prior, tied PixelCNN, free bits, Adamax) on
 28x28 binary images; only ``decoder.n_layers`` / ``kernel_size`` / ``kernel_height`` change between settings. A
