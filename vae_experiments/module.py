@@ -84,7 +84,9 @@ class VAEModule(L.LightningModule):
         kl = t.kl if t.analytic_kl else t.kl.mean(0)
         logs = {"elbo": (recon - kl).mean(), "recon": -recon.mean(), "kl": kl.mean()}
         if self.automatic_optimization:
-            logs["loss"] = self.objective.loss(self.model, batch, self.global_step)[0].detach()
+            # the objective's weights (a scheduled beta, ...) at the same optimiser step as in training, logged too
+            loss, extra = self.objective.loss(self.model, batch, self.global_step)
+            logs = {**extra, **logs, "loss": loss.detach()}
         self.log_metrics("val", logs, batch.shape[0])
 
     def test_step(self, batch: Tensor, batch_idx: int) -> None:

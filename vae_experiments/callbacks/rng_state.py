@@ -13,12 +13,21 @@ import torch
 class RNGState(L.Callback):
     """Saves the Python, NumPy, torch CPU (and CUDA) generator states in every checkpoint and restores them on
     resume. Lightning restores model, optimiser and loop state but not these, and without them a resumed run draws
-    different posterior samples and data orders than the uninterrupted one."""
+    different posterior samples and binarisations than the uninterrupted one.
+
+    Timing: the state is captured when the checkpoint is written (``on_train_epoch_end``, after validation) and
+    restored when Lightning loads the callbacks' states, before the resumed fit creates its first data iterator; the
+    same draws then follow in both runs. The data order does not depend on these states (the DataModule's sampler is
+    seeded by (seed, epoch)). The states hold only tensors and plain Python values, so the checkpoint loads with
+    ``torch.load(weights_only=True)``, Lightning's default. All ranks are seeded alike and draw alike, so rank zero's
+    state (the one in the file) is every rank's.
+    """
 
     def state_dict(self) -> dict[str, Any]:
-        state = {
+        name, key, pos, has_gauss, gauss = np.random.get_state()
+        state: dict[str, Any] = {
             "python": random.getstate(),
-            "numpy": np.random.get_state(),
+            "numpy": (name, torch.from_numpy(key.astype(np.int64)), pos, has_gauss, gauss),
             "torch": torch.get_rng_state(),
         }
         if torch.cuda.is_available():
@@ -27,7 +36,8 @@ class RNGState(L.Callback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         random.setstate(state_dict["python"])
-        np.random.set_state(state_dict["numpy"])
+        name, key, pos, has_gauss, gauss = state_dict["numpy"]
+        np.random.set_state((name, key.numpy().astype(np.uint32), pos, has_gauss, gauss))
         torch.set_rng_state(state_dict["torch"])
         if "cuda" in state_dict and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state_dict["cuda"])

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import torch
 from lightning import LightningDataModule
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from vae_experiments.data import sources
 from vae_experiments.data.celeba import celeba_shape, celeba_splits
@@ -59,6 +60,12 @@ class VAEDataModule(LightningDataModule):
     In-memory sets (all but CelebA) hold each split as ONE tensor; a batch is one vectorised index
     (``InMemoryDataset.__getitems__``), and Lightning's automatic ``DistributedSampler`` still applies.
 
+    Order and sharding (the Trainer runs with ``use_distributed_sampler=false``): the training split is shuffled by a
+    ``DistributedSampler`` seeded with ``shuffle_seed`` (the runner passes the run's ``seed``) whose epoch Lightning
+    sets, so the order depends on (seed, epoch) only, never on the global RNG: a resumed run sees the same batches.
+    Under DDP each rank takes its shard of that order; validation and test sets are split across ranks without the
+    padding duplicates of a ``DistributedSampler`` (``UnrepeatedDistributedSampler``), so reduced metrics are exact.
+
     Missing data: ``check()`` raises a one-line ``ConfigError`` naming the folder, the files and
     ``dataset.download=true``. The constructor does not read the disk (so ``data_shape`` and ``levels`` are
     available to build the model without the data); the runner calls ``check()`` right after instantiating,
@@ -86,6 +93,7 @@ class VAEDataModule(LightningDataModule):
         n_train: int = 50_000,
         n_test: int = 5_000,
         scale: float = 1.0,
+        shuffle_seed: int = 0,
     ) -> None:
         super().__init__()
         if name not in NAMES:
@@ -127,6 +135,7 @@ class VAEDataModule(LightningDataModule):
         self.n_train = n_train
         self.n_test = n_test
         self.scale = scale
+        self.shuffle_seed = shuffle_seed
         self.train_set: Dataset[Tensor] | None = None
         self.val_set: Dataset[Tensor] | None = None
         self.test_set: Dataset[Tensor] | None = None
@@ -200,13 +209,24 @@ class VAEDataModule(LightningDataModule):
         self.val_set = InMemoryDataset(bits_pool[val_idx], scale=eval_scale)
         self.test_set = InMemoryDataset(test, scale=eval_scale)
 
+    def _shards(self) -> tuple[int, int]:
+        """(number of ranks, this rank): (1, 0) outside a Trainer."""
+        trainer = self.trainer
+        return (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+
     def _loader(self, dataset: Dataset[Tensor] | None, batch_size: int, shuffle: bool) -> DataLoader:
         if dataset is None:
             raise RuntimeError("call setup() before asking for a DataLoader")
+        replicas, rank = self._shards()
+        sampler: Sampler[int] | None = None
+        if shuffle:
+            sampler = DistributedSampler(dataset, replicas, rank, shuffle=True, seed=self.shuffle_seed)
+        elif replicas > 1:
+            sampler = UnrepeatedDistributedSampler(dataset, replicas, rank, shuffle=False)
         return DataLoader(
             dataset,
             batch_size=batch_size,
-            shuffle=shuffle,
+            sampler=sampler,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,
