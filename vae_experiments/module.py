@@ -106,7 +106,7 @@ class VAEModule(L.LightningModule):
             logs["test/bpd"] = bits_per_dim(logs["test/nll"], self.dims)
         diag = self.diagnostics.compute()
         logs["test/active_units"] = diag["active_units"].float()
-        self.log_dict(logs)
+        self.log_dict(logs, sync_dist=True)  # already reduced by torchmetrics: the mean of equal values
         self.test_extras = {"test/nll_samples": self.nll_samples}
         if "kl_per_dim" in diag:
             self.test_extras["test/kl_per_dim"] = [round(v, 6) for v in diag["kl_per_dim"].tolist()]

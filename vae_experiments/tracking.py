@@ -8,6 +8,7 @@ folder and passes ``id=..., resume="allow"``. Offline runs (``logger.wandb.offli
 from __future__ import annotations
 
 import sys
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -28,11 +29,9 @@ def run_folder(ckpt_path: str) -> Path:
 def wandb_kwargs(cfg: DictConfig, ckpt_path: str | None) -> dict[str, Any]:
     """What the wandb logger's config cannot know: the run id (the resumed run's, else a new one, stored in the run
     folder) and, under ``-m`` with no ``logger.wandb.group``, the sweep folder's name as the group."""
-    import wandb
-
     out = Path(cfg.paths.output_dir)
     stored = [folder / RUN_ID for folder in (out, *([run_folder(ckpt_path)] if ckpt_path else []))]
-    run_id = next((p.read_text().strip() for p in stored[::-1] if p.is_file()), None) or wandb.util.generate_id()
+    run_id = next((p.read_text().strip() for p in stored[::-1] if p.is_file()), None) or uuid.uuid4().hex[:8]
     write_run_id(out, run_id)
     kwargs: dict[str, Any] = {"id": run_id, "resume": "allow"}
     if not cfg.logger.wandb.get("group") and in_multirun():
