@@ -28,7 +28,7 @@ TINY = [
     "+trainer.limit_train_batches=3",
     "eval.nll_samples=8",
     "callbacks.progress_bar=null",
-    "+trainer.enable_progress_bar=false",
+    "trainer.enable_progress_bar=false",
     "callbacks.image_grids.every_n_epochs=1",
 ]
 
@@ -204,7 +204,7 @@ def test_resume_after_sigkill_matches_uninterrupted(tmp_path: Path, make_cfg) ->
         "+trainer.limit_train_batches=4",
         "eval.nll_samples=8",
         "callbacks.progress_bar=null",
-        "+trainer.enable_progress_bar=false",
+        "trainer.enable_progress_bar=false",
     ]
     uninterrupted = train(make_cfg(*tiny, fast=False, out=tmp_path / "a"))
     killed = run_subprocess(

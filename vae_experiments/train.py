@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from vae_experiments import resume, sweep, tracking
 from vae_experiments.callbacks.throughput import Throughput
 from vae_experiments.errors import ConfigError
+from vae_experiments.metrics.evaluations import run_test_evaluations
 from vae_experiments.model import VAE, build_model
 from vae_experiments.module import VAEModule
 from vae_experiments.validation import build_part, check_combination, instantiate, preflight
@@ -67,8 +68,11 @@ def build_trainer(cfg: DictConfig, throughput: Throughput | None = None, ckpt_pa
 
 def log_hyperparameters(trainer: L.Trainer, cfg: DictConfig, model: VAE) -> None:
     params = {
-        # a config composed with its hydra node (tests, the Compose API) logs only the run's part
-        "config": OmegaConf.to_container(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), resolve=True),
+        "config": {
+            k: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
+            for k, v in cfg.items()
+            if k != "hydra"
+        },
         "parameters": sum(p.numel() for p in model.parameters()),
     }
     for logger in trainer.loggers:
@@ -94,14 +98,21 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         if cfg.get("compile"):
             module.model.compile()
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
-        metrics: dict[str, Any] = {}
+        # the last validation epoch's metrics; trainer.test() replaces callback_metrics
+        metrics: dict[str, Any] = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
         if cfg.get("test", True):
             trainer.test(module, datamodule=datamodule, verbose=False)
             metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")})
             metrics.update(module.test_extras)
+            if trainer.is_global_zero:
+                extra = run_test_evaluations(cfg.eval, module.model, datamodule)
+                scalars = {k: v for k, v in extra.items() if isinstance(v, float)}
+                for logger in trainer.loggers:
+                    logger.log_metrics(scalars, step=trainer.global_step)
+                    logger.save()
+                metrics.update(extra)
     finally:
         tracking.finish()
-    metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")})
     if throughput.images_per_sec is not None:
         metrics["train/images_per_sec"] = throughput.images_per_sec
     metrics["train/epochs"] = trainer.current_epoch

@@ -18,16 +18,15 @@ class RNGState(L.Callback):
     Timing: the state is captured when the checkpoint is written (``on_train_epoch_end``, after validation) and
     restored when Lightning loads the callbacks' states, before the resumed fit creates its first data iterator; the
     same draws then follow in both runs. The data order does not depend on these states (the DataModule's sampler is
-    seeded by (seed, epoch)). The states hold only tensors and plain Python values, so the checkpoint loads with
-    ``torch.load(weights_only=True)``, Lightning's default. All ranks are seeded alike and draw alike, so rank zero's
-    state (the one in the file) is every rank's.
+    seeded by (seed, epoch)). All ranks are seeded alike and draw alike, so rank zero's state (the one in the file) is
+    every rank's.
     """
 
     def state_dict(self) -> dict[str, Any]:
-        name, key, pos, has_gauss, gauss = np.random.get_state()
-        state: dict[str, Any] = {
+        state = {
             "python": random.getstate(),
-            "numpy": (name, torch.from_numpy(key.astype(np.int64)), pos, has_gauss, gauss),
+            # as plain types and tensors, so that torch.load(weights_only=True) accepts the checkpoint
+            "numpy": _numpy_state(),
             "torch": torch.get_rng_state(),
         }
         if torch.cuda.is_available():
@@ -36,8 +35,13 @@ class RNGState(L.Callback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         random.setstate(state_dict["python"])
-        name, key, pos, has_gauss, gauss = state_dict["numpy"]
-        np.random.set_state((name, key.numpy().astype(np.uint32), pos, has_gauss, gauss))
+        name, keys, pos, has_gauss, cached = state_dict["numpy"]
+        np.random.set_state((name, keys.numpy(), pos, has_gauss, cached))
         torch.set_rng_state(state_dict["torch"])
         if "cuda" in state_dict and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state_dict["cuda"])
+
+
+def _numpy_state() -> tuple[str, torch.Tensor, int, int, float]:
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return name, torch.from_numpy(keys.copy()), int(pos), int(has_gauss), float(cached)
