@@ -15,7 +15,7 @@ import hydra
 import pytest
 from conftest import compose_cfg
 from hydra.core.global_hydra import GlobalHydra
-from omegaconf import open_dict
+from omegaconf import read_write
 
 from vae_experiments import evaluate as evaluate_mod
 from vae_experiments import schedules, sweep, tracking
@@ -269,7 +269,7 @@ def test_wandb_group_defaults_to_the_sweep_folder(make_cfg) -> None:
     from hydra.types import RunMode
 
     cfg = make_cfg("logger=wandb", "hydra.sweep.dir=multirun/train/2030-01-01_00-00-00")
-    with open_dict(cfg):
+    with read_write(cfg.hydra):
         cfg.hydra.mode = RunMode.MULTIRUN
     HydraConfig.instance().set_config(cfg)
     assert tracking.wandb_kwargs(cfg, None)["group"] == "2030-01-01_00-00-00"
