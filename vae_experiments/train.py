@@ -16,6 +16,7 @@ from vae_experiments.callbacks.throughput import Throughput
 from vae_experiments.errors import ConfigError
 from vae_experiments.model import VAE, build_model
 from vae_experiments.module import VAEModule
+from vae_experiments.runtime import configure_runtime, wants_channels_last
 from vae_experiments.validation import build_part, check_combination, instantiate, preflight
 
 PARTS = ("encoder", "posterior", "prior", "decoder", "likelihood")
@@ -50,10 +51,10 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, VAEModule]:
     return datamodule, module
 
 
-def build_trainer(cfg: DictConfig, throughput: Throughput | None = None) -> L.Trainer:
+def build_trainer(cfg: DictConfig, *extra: L.Callback) -> L.Trainer:
+    """The configured Trainer, with its callbacks and loggers, plus ``extra`` callbacks (throughput, timers)."""
     callbacks = [instantiate(node, f"callbacks.{name}") for name, node in (cfg.get("callbacks") or {}).items()]
-    if throughput is not None:
-        callbacks.append(throughput)
+    callbacks.extend(extra)
     loggers = [instantiate(node, f"logger.{name}") for name, node in (cfg.get("logger") or {}).items()]
     return instantiate(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False)
 
@@ -72,11 +73,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     The returned dict also holds ``cfg.optimized_metric`` under ``"objective"`` when set (Optuna reads it).
     """
+    configure_runtime()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule, module = build(cfg)
     throughput = Throughput()
     trainer = build_trainer(cfg, throughput)
     log_hyperparameters(trainer, cfg, module.model)
+    if wants_channels_last(cfg.get("channels_last", False), trainer.strategy.root_device, module.model):
+        module.use_channels_last()
     if cfg.get("compile"):
         module.model.compile()
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))

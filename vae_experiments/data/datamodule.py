@@ -11,7 +11,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from vae_experiments.data import sources
 from vae_experiments.data.celeba import celeba_shape, celeba_splits
-from vae_experiments.data.memory import InMemoryDataset, binarize_once, collate_batch
+from vae_experiments.data.device import DeviceBatches, check_flags, make_loader
+from vae_experiments.data.memory import InMemoryDataset, binarize_once
 from vae_experiments.data.toy2d import TOYS, sample_toy
 from vae_experiments.errors import ConfigError
 
@@ -59,6 +60,11 @@ class VAEDataModule(LightningDataModule):
     In-memory sets (all but CelebA) hold each split as ONE tensor; a batch is one vectorised index
     (``InMemoryDataset.__getitems__``), and Lightning's automatic ``DistributedSampler`` still applies.
 
+    Loading: ``on_device`` (``auto``, ``true``, ``false``) holds an in-memory split on the trainer's device and
+    draws batches there (``DeviceBatches``: no DataLoader, no host-to-device copies); ``auto`` does so on a CUDA
+    device when the split takes under a quarter of the free GPU memory. ``pin_memory: auto`` pins the DataLoader's
+    batches when training on CUDA (CelebA's per-item reads with workers).
+
     Missing data: ``check()`` raises a one-line ``ConfigError`` naming the folder, the files and
     ``dataset.download=true``. The constructor does not read the disk (so ``data_shape`` and ``levels`` are
     available to build the model without the data); the runner calls ``check()`` right after instantiating,
@@ -74,7 +80,8 @@ class VAEDataModule(LightningDataModule):
         batch_size: int = 64,
         eval_batch_size: int | None = None,
         num_workers: int = 0,
-        pin_memory: bool = False,
+        pin_memory: bool | str = False,
+        on_device: bool | str = "auto",
         val_size: int | None = None,
         test_size: int | None = None,
         train_subset: int | None = None,
@@ -105,6 +112,7 @@ class VAEDataModule(LightningDataModule):
             raise ConfigError(f"dataset.image_size and dataset.subset apply to celeba only: set them null for {name}")
         if test_size is not None and name not in ("digits", "omniglot"):
             raise ConfigError(f"{name} has a fixed test split: set dataset.test_size=null")
+        check_flags(pin_memory=pin_memory, on_device=on_device)
         if hflip and name == "toy2d":
             raise ConfigError("dataset.hflip mirrors images, toy2d has none: set dataset.hflip=false")
         self.save_hyperparameters()
@@ -116,6 +124,7 @@ class VAEDataModule(LightningDataModule):
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers
         self.pin_memory = pin_memory
+        self.on_device = on_device
         self.val_size = DEFAULT_VAL_SIZE.get(name) if val_size is None else val_size
         self.test_size = sources.SETS[name].test_size if test_size is None and name != "toy2d" else test_size
         self.train_subset = train_subset
@@ -200,24 +209,24 @@ class VAEDataModule(LightningDataModule):
         self.val_set = InMemoryDataset(bits_pool[val_idx], scale=eval_scale)
         self.test_set = InMemoryDataset(test, scale=eval_scale)
 
-    def _loader(self, dataset: Dataset[Tensor] | None, batch_size: int, shuffle: bool) -> DataLoader:
+    def _loader(self, dataset: Dataset[Tensor] | None, batch_size: int, shuffle: bool) -> DataLoader | DeviceBatches:
         if dataset is None:
             raise RuntimeError("call setup() before asking for a DataLoader")
-        return DataLoader(
+        return make_loader(
             dataset,
-            batch_size=batch_size,
-            shuffle=shuffle,
-            num_workers=self.num_workers,
+            batch_size,
+            shuffle,
+            getattr(self, "trainer", None),
+            on_device=self.on_device,
             pin_memory=self.pin_memory,
-            persistent_workers=self.num_workers > 0,
-            collate_fn=collate_batch if isinstance(dataset, InMemoryDataset) else None,
+            num_workers=self.num_workers,
         )
 
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self) -> DataLoader | DeviceBatches:
         return self._loader(self.train_set, self.batch_size, shuffle=True)
 
-    def val_dataloader(self) -> DataLoader:
+    def val_dataloader(self) -> DataLoader | DeviceBatches:
         return self._loader(self.val_set, self.eval_batch_size, shuffle=False)
 
-    def test_dataloader(self) -> DataLoader:
+    def test_dataloader(self) -> DataLoader | DeviceBatches:
         return self._loader(self.test_set, self.eval_batch_size, shuffle=False)
