@@ -437,3 +437,19 @@ def test_digits_config_defaults(tmp_path: Path) -> None:
     cfg = OmegaConf.merge({"paths": {"data_dir": str(tmp_path)}}, {"dataset": OmegaConf.load(CONF / "digits.yaml")})
     dm = hydra.utils.instantiate(cfg.dataset)
     assert dm.binarize == "dynamic" and dm.batch_size == 64 and dm.levels == 2
+
+
+def test_synthetic_images_have_the_asked_shape_and_levels() -> None:
+    dm = VAEDataModule(name="synthetic", shape=(3, 7, 5), n_train=20, val_size=4, n_test=6, batch_size=8)
+    assert dm.data_shape == (3, 7, 5) and dm.levels == 256
+    dm.setup()
+    x = next(iter(dm.train_dataloader()))
+    assert x.shape == (8, 3, 7, 5) and x.dtype == torch.float32
+    torch.testing.assert_close(x * 255, (x * 255).round(), rtol=0, atol=1e-4)  # on the 8-bit grid
+    assert x.min() >= 0 and x.max() <= 1
+    assert len(dm.val_set) == 4 and len(dm.test_set) == 6
+    again = VAEDataModule(name="synthetic", shape=(3, 7, 5), n_train=20, val_size=4, n_test=6)
+    again.setup()
+    assert torch.equal(dm.test_set.__getitems__(list(range(6))), again.test_set.__getitems__(list(range(6))))
+    with pytest.raises(ConfigError, match=r"dataset\.shape"):
+        VAEDataModule(name="synthetic", shape=(5, 5))

@@ -17,7 +17,6 @@ from tests.test_nets import part
 from vae_experiments.bench.nll_speed import per_example_log_likelihood
 from vae_experiments.data.device import DeviceBatches
 from vae_experiments.data.memory import InMemoryDataset
-from vae_experiments.data.synthetic import SyntheticImages
 from vae_experiments.metrics.nll import importance_sampled_log_likelihood
 from vae_experiments.metrics.running import RunningMeans
 from vae_experiments.model import build_model
@@ -131,15 +130,6 @@ def test_on_device_data_path_trains(make_cfg) -> None:
     datamodule.setup("fit")
     assert isinstance(datamodule.train_dataloader(), DeviceBatches)
     assert math.isfinite(train(cfg)["val/elbo"])
-
-
-def test_synthetic_images_have_the_asked_shape_and_levels() -> None:
-    dm = SyntheticImages(shape=(3, 21, 17), levels=16, n_train=10, n_val=4, n_test=4, batch_size=4)
-    dm.check()
-    dm.setup()
-    x = next(iter(dm.train_dataloader()))
-    assert x.shape == (4, 3, 21, 17) and dm.data_shape == (3, 21, 17) and dm.levels == 16
-    assert x.min() >= 0 and x.max() <= 1 and torch.allclose(x * 15, (x * 15).round())
 
 
 @pytest.mark.parametrize("net", ["conv", "resnet"])

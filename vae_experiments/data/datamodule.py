@@ -16,7 +16,7 @@ from vae_experiments.data.memory import InMemoryDataset, binarize_once
 from vae_experiments.data.toy2d import TOYS, sample_toy
 from vae_experiments.errors import ConfigError
 
-NAMES = (*sources.SETS, "toy2d")
+NAMES = (*sources.SETS, "toy2d", "synthetic")
 BINARIZE = ("none", "static", "dynamic")
 DEFAULT_VAL_SIZE = {
     "digits": 250,
@@ -25,6 +25,7 @@ DEFAULT_VAL_SIZE = {
     "cifar10": 5_000,
     "omniglot": 1_345,
     "toy2d": 5_000,
+    "synthetic": 64,
 }
 
 
@@ -45,6 +46,9 @@ class VAEDataModule(LightningDataModule):
       ``val_size``.
     - ``celeba``: per-item reads with workers; official partition or SOS-VAE's 10k subset (``subset``); full
       218x178 frame or ``image_size`` (resize + centre crop). See ``celeba.celeba_splits``.
+    - ``synthetic``: ``n_train`` / ``val_size`` / ``n_test`` smooth random 8-bit images of ``shape`` (see
+      ``sources.synthetic_images``), for tests and benchmarks of shapes whose data are not on the machine
+      (CelebA's 218x178, CIFAR-10); never for reported results.
     - ``toy2d``: one of the Soft-IntroVAE 2-D sets (``toy``), ``n_train`` / ``val_size`` / ``n_test`` points
       drawn with ``seed`` (see ``toy2d``); ``scale`` multiplies the coordinates; ``data_shape = (2,)``,
       ``levels = None``.
@@ -93,13 +97,16 @@ class VAEDataModule(LightningDataModule):
         n_train: int = 50_000,
         n_test: int = 5_000,
         scale: float = 1.0,
+        shape: tuple[int, ...] | list[int] = (1, 28, 28),
     ) -> None:
         super().__init__()
         if name not in NAMES:
             raise ConfigError(f"unknown dataset.name={name}: choose one of {', '.join(NAMES)}")
         if binarize not in BINARIZE:
             raise ConfigError(f"unknown dataset.binarize={binarize}: choose one of {', '.join(BINARIZE)}")
-        grey = name != "toy2d" and sources.SETS[name].grey
+        if name == "synthetic" and (len(shape) != 3 or min(shape) < 1):
+            raise ConfigError(f"dataset.shape must be (C, H, W) with positive sizes, got {list(shape)}")
+        grey = shape[0] == 1 if name == "synthetic" else name != "toy2d" and sources.SETS[name].grey
         if binarize != "none" and not grey:
             raise ConfigError(
                 f"dataset.binarize={binarize} needs grey images but {name} is not: set dataset.binarize=none"
@@ -126,7 +133,8 @@ class VAEDataModule(LightningDataModule):
         self.pin_memory = pin_memory
         self.on_device = on_device
         self.val_size = DEFAULT_VAL_SIZE.get(name) if val_size is None else val_size
-        self.test_size = sources.SETS[name].test_size if test_size is None and name != "toy2d" else test_size
+        fixed_sizes = name in ("toy2d", "synthetic")
+        self.test_size = sources.SETS[name].test_size if test_size is None and not fixed_sizes else test_size
         self.train_subset = train_subset
         self.seed = seed
         self.hflip = hflip
@@ -136,6 +144,7 @@ class VAEDataModule(LightningDataModule):
         self.n_train = n_train
         self.n_test = n_test
         self.scale = scale
+        self.shape = tuple(shape)
         self.train_set: Dataset[Tensor] | None = None
         self.val_set: Dataset[Tensor] | None = None
         self.test_set: Dataset[Tensor] | None = None
@@ -145,6 +154,8 @@ class VAEDataModule(LightningDataModule):
         """(C, H, W) for images, (2,) for toy2d; known before ``setup``."""
         if self.name == "toy2d":
             return (2,)
+        if self.name == "synthetic":
+            return self.shape
         if self.name == "celeba":
             return celeba_shape(self.image_size)
         return sources.SETS[self.name].shape
@@ -154,11 +165,15 @@ class VAEDataModule(LightningDataModule):
         """Values per pixel: 2 when binarised, 17 for digits, 256 for 8-bit images, None for toy2d."""
         if self.name == "toy2d":
             return None
-        return 2 if self.binarize != "none" else sources.SETS[self.name].levels
+        return 2 if self.binarize != "none" else self._source_levels
+
+    @property
+    def _source_levels(self) -> int:
+        return 256 if self.name == "synthetic" else sources.SETS[self.name].levels
 
     def check(self) -> None:
         """Raise a one-line ``ConfigError`` when the files are not on disk and ``download`` is off (fast)."""
-        if self.name in ("digits", "toy2d") or self.download:
+        if self.name in ("digits", "toy2d", "synthetic") or self.download:
             return
         message = sources.missing_message(self.name, self.root)
         if message is not None:
@@ -166,7 +181,7 @@ class VAEDataModule(LightningDataModule):
 
     def prepare_data(self) -> None:
         """Download (only with ``download=true`` and only what is missing), then ``check()``."""
-        if self.download and self.name not in ("digits", "toy2d"):
+        if self.download and self.name not in ("digits", "toy2d", "synthetic"):
             if sources.missing_message(self.name, self.root) is not None:
                 sources.download(self.name, self.root)
             self.download = False
@@ -189,8 +204,12 @@ class VAEDataModule(LightningDataModule):
             self._setup_in_memory()
 
     def _setup_in_memory(self) -> None:
-        pool, test = sources.IN_MEMORY_LOADERS[self.name](self.root)
-        top = float(sources.SETS[self.name].levels - 1)
+        if self.name == "synthetic":
+            pool = sources.synthetic_images(self.n_train + self.val_size, self.shape, self.seed)
+            test = sources.synthetic_images(self.n_test, self.shape, self.seed + 1)
+        else:
+            pool, test = sources.IN_MEMORY_LOADERS[self.name](self.root)
+        top = float(self._source_levels - 1)
         bits_pool = binarize_once(pool, top, self.seed) if self.binarize != "none" else pool
         order = torch.randperm(pool.shape[0], generator=torch.Generator().manual_seed(self.seed))
         if test is None:

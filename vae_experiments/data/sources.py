@@ -145,6 +145,15 @@ def download(name: str, root: str | Path) -> None:
         makers[name]()
 
 
+def synthetic_images(n: int, shape: tuple[int, ...], seed: int) -> Tensor:
+    """``n`` smooth random uint8 images of ``shape``: a 4x4 grid of uniform values per channel, upsampled
+    bilinearly. Learnable structure at no I/O cost, for tests and benchmarks only."""
+    g = torch.Generator().manual_seed(seed)
+    coarse = torch.rand(n, shape[0], 4, 4, generator=g)
+    images = torch.nn.functional.interpolate(coarse, size=tuple(shape[1:]), mode="bilinear", align_corners=True)
+    return (images * 255).round().to(torch.uint8)
+
+
 def load_digits_pool() -> tuple[Tensor, None]:
     """sklearn's 1,797 8x8 digits as uint8 values 0..16; no official test split."""
     images = torch.from_numpy(load_digits().images).to(torch.uint8)
