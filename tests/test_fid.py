@@ -128,9 +128,7 @@ def make_generator(images: torch.Tensor):
 
 def test_compute_fid_of_a_set_with_itself_is_zero_and_carries_the_protocol(cache):
     torch.manual_seed(0)
-    images = torch.rand(
-        30, 1, 4, 4
-    )  # 64 features of 16 pixels: a rank-16 covariance, as with n < 2048 images
+    images = torch.rand(30, 1, 4, 4)  # 64 features of 16 pixels: a rank-16 covariance, as with n < 2048 images
     extractor = MeanFeatures(16)
     result = compute_fid(
         make_generator(images),
@@ -173,9 +171,7 @@ def test_reference_stats_can_be_given_precomputed():
     fake = torch.rand(10, 1, 2, 2)
     extractor = MeanFeatures(4)
     stats = fid_mod.feature_stats([fake], 10, extractor)
-    result = compute_fid(
-        make_generator(fake), stats, n=10, batch_size=4, model_mode="eval", inception=extractor
-    )
+    result = compute_fid(make_generator(fake), stats, n=10, batch_size=4, model_mode="eval", inception=extractor)
     assert abs(result.value) < 1e-6 and result.n_reference == 10
 
 
@@ -195,9 +191,7 @@ def test_feature_stats_file_round_trip(tmp_path):
 
 def test_wrong_model_mode_is_refused():
     with pytest.raises(ValueError, match="model_mode"):
-        compute_fid(
-            lambda k: torch.rand(k, 1, 2, 2), [], n=2, model_mode="training", inception=MeanFeatures(4)
-        )
+        compute_fid(lambda k: torch.rand(k, 1, 2, 2), [], n=2, model_mode="training", inception=MeanFeatures(4))
 
 
 # ---- weights lookup -------------------------------------------------------------------------------
@@ -278,9 +272,7 @@ def test_torchscript_file_is_accepted_as_user_weights(tmp_path, monkeypatch):
 def test_compute_fid_end_to_end_through_the_inception(inception):
     torch.manual_seed(2)
     real, fake = torch.rand(3, 1, 8, 8), torch.rand(3, 1, 8, 8).round()  # grey noise vs binary noise
-    result = compute_fid(
-        make_generator(fake), [real], n=3, batch_size=2, model_mode="eval", inception=inception
-    )
+    result = compute_fid(make_generator(fake), [real], n=3, batch_size=2, model_mode="eval", inception=inception)
     assert np.isfinite(result.value) and result.value > 1
     assert (result.n_generated, result.n_reference) == (3, 3)
 

@@ -92,7 +92,7 @@ def test_running_means_weight_by_batch_and_follow_changing_keys() -> None:
 def test_train_logs_steps_every_n_and_epoch_means(make_cfg, tmp_path: Path) -> None:
     cfg = make_cfg("trainer.log_every_n_steps=2", "+trainer.limit_train_batches=5", "test=false")
     metrics = train(cfg)
-    rows = list(csv.DictReader(open(tmp_path / "csv" / "metrics.csv")))
+    rows = list(csv.DictReader((tmp_path / "csv" / "metrics.csv").read_text().splitlines()))
     steps = sorted({int(r["step"]) for r in rows if r.get("train/loss_step")})
     assert steps == [0, 2, 4]
     epoch_rows = [r for r in rows if r.get("train/loss")]

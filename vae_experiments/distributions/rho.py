@@ -65,9 +65,7 @@ class AR1Normal(Distribution):
     support = constraints.real_vector
     has_rsample = True
 
-    def __init__(
-        self, loc: Tensor, rho_logit: Tensor, log_s: Tensor, validate_args: bool | None = None
-    ) -> None:
+    def __init__(self, loc: Tensor, rho_logit: Tensor, log_s: Tensor, validate_args: bool | None = None) -> None:
         self.loc = loc
         self.rho_logit = rho_logit
         self.log_s = log_s

