@@ -22,7 +22,7 @@ from vae_experiments.metrics.running import RunningMeans
 from vae_experiments.model import build_model
 from vae_experiments.module import VAEModule
 from vae_experiments.runtime import configure_runtime, wants_channels_last
-from vae_experiments.train import build, train
+from vae_experiments.train import build, build_trainer, train
 
 LIKELIHOODS = [
     ("bernoulli", {}),
@@ -90,7 +90,7 @@ def test_running_means_weight_by_batch_and_follow_changing_keys() -> None:
 
 
 def test_train_logs_steps_every_n_and_epoch_means(make_cfg, tmp_path: Path) -> None:
-    cfg = make_cfg("trainer.log_every_n_steps=2", "+trainer.limit_train_batches=5", "test=false")
+    cfg = make_cfg("trainer.log_every_n_steps=2", "trainer.limit_train_batches=5", "test=false")
     metrics = train(cfg)
     rows = list(csv.DictReader((tmp_path / "csv" / "metrics.csv").read_text().splitlines()))
     steps = sorted({int(r["step"]) for r in rows if r.get("train/loss_step")})
@@ -101,9 +101,11 @@ def test_train_logs_steps_every_n_and_epoch_means(make_cfg, tmp_path: Path) -> N
 
 
 def test_non_finite_loss_stops_training(make_cfg) -> None:
-    cfg = make_cfg("optimizer.lr=1e30", "+trainer.limit_train_batches=20", "test=false")
-    with pytest.raises(FloatingPointError, match="non-finite training loss"):
-        train(cfg)
+    datamodule, module = build(make_cfg("test=false"))
+    loss = module.objective.loss
+    module.objective.loss = lambda model, x, step: (loss(model, x, step)[0] * float("nan"), {})
+    with pytest.raises(FloatingPointError, match="non-finite training loss by step 0"):
+        build_trainer(make_cfg("test=false")).fit(module, datamodule=datamodule)
 
 
 def test_deferred_non_finite_check_blocks_checkpoints() -> None:
@@ -139,7 +141,9 @@ def test_channels_last_gives_the_same_numbers(net: str) -> None:
     z = torch.randn(4, 3)
     h, out = model.encoder(x), model.decoder(z)
     model.to(memory_format=torch.channels_last)
+    model.channels_last = True
     torch.testing.assert_close(model.encoder(x.contiguous(memory_format=torch.channels_last)), h, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(model.encode(x).mean, model.posterior(h).mean, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(model.decoder(z), out, rtol=1e-4, atol=1e-4)
     assert wants_channels_last("auto", torch.device("cuda"), model)
     assert not wants_channels_last("auto", torch.device("cpu"), model)

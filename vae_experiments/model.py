@@ -89,12 +89,16 @@ class VAE(nn.Module):
         self.likelihood = likelihood
         self.data_shape = tuple(data_shape)
         self.latent_dim = latent_dim
+        # set by VAEModule.use_channels_last (trainer=gpu with convolutional nets): images are encoded as NHWC
+        self.channels_last = False
 
     @property
     def autoregressive(self) -> bool:
         return bool(getattr(self.decoder, "autoregressive", False))
 
     def encode(self, x: Tensor) -> Distribution:
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
         return self.posterior(self.encoder(x))
 
     def decode(self, z: Tensor, x: Tensor | None = None) -> Distribution:

@@ -61,14 +61,10 @@ class VAEModule(L.LightningModule):
         self.channels_last = False
 
     def use_channels_last(self) -> None:
-        """Hold the model's 4-D weights, and every image batch, in channels-last (NHWC) memory layout."""
+        """Hold the model's 4-D weights, and the images it encodes, in channels-last (NHWC) memory layout."""
         self.model.to(memory_format=torch.channels_last)
+        self.model.channels_last = True
         self.channels_last = True
-
-    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        if self.channels_last and isinstance(batch, Tensor) and batch.dim() == 4:
-            return batch.contiguous(memory_format=torch.channels_last)
-        return batch
 
     def log_metrics(self, stage: str, logs: dict[str, Tensor], batch_size: int) -> None:
         """Log detached scalars as ``stage/name``; epoch means are weighted by batch size and synced across ranks."""

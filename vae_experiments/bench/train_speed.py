@@ -90,8 +90,6 @@ def plain_step_times(
     stamps: list[tuple[float, float]] = []
     for x in batches:
         stamps.append(stamp(device))
-        if module.channels_last and x.dim() == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
         if objective.automatic_optimization:
             (opt,) = driver._optimizers
             opt.zero_grad(set_to_none=True)
