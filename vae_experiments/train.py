@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from vae_experiments.callbacks.throughput import Throughput
 from vae_experiments.errors import ConfigError
+from vae_experiments.metrics.evaluations import run_test_evaluations
 from vae_experiments.model import VAE, build_model
 from vae_experiments.module import VAEModule
 from vae_experiments.runtime import configure_runtime, wants_channels_last
@@ -97,6 +98,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         trainer.test(module, datamodule=datamodule, verbose=False)
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")})
         metrics.update(module.test_extras)
+        if trainer.is_global_zero:
+            extra = run_test_evaluations(cfg.eval, module.model, datamodule)
+            for logger in trainer.loggers:
+                logger.log_metrics({k: v for k, v in extra.items() if isinstance(v, float)}, step=trainer.global_step)
+                logger.save()
+            metrics.update(extra)
     if throughput.images_per_sec is not None:
         metrics["train/images_per_sec"] = throughput.images_per_sec
     metrics["train/epochs"] = trainer.current_epoch
