@@ -19,6 +19,7 @@ from vae_experiments.errors import ConfigError
 from vae_experiments.metrics.evaluations import run_test_evaluations
 from vae_experiments.model import VAE, build_model
 from vae_experiments.module import VAEModule
+from vae_experiments.runtime import configure_runtime, wants_channels_last
 from vae_experiments.validation import build_part, check_combination, instantiate, preflight
 
 PARTS = ("encoder", "posterior", "prior", "decoder", "likelihood")
@@ -53,11 +54,14 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, VAEModule]:
     return datamodule, module
 
 
-def build_trainer(cfg: DictConfig, throughput: Throughput | None = None, ckpt_path: str | None = None) -> L.Trainer:
-    """Callbacks and loggers from their groups (a ``null`` entry switches one off); wandb continues a resumed run."""
+def build_trainer(cfg: DictConfig, *extra: L.Callback, ckpt_path: str | None = None) -> L.Trainer:
+    """The configured Trainer, with its callbacks and loggers, plus ``extra`` callbacks (throughput, timers).
+
+    A callback or logger set to null on the command line (callbacks.progress_bar=null) is switched off; wandb
+    continues the run of a resumed ``ckpt_path``.
+    """
     callbacks = [instantiate(node, f"callbacks.{name}") for name, node in (cfg.get("callbacks") or {}).items() if node]
-    if throughput is not None:
-        callbacks.append(throughput)
+    callbacks.extend(extra)
     loggers = [
         instantiate(node, f"logger.{name}", **(tracking.wandb_kwargs(cfg, ckpt_path) if name == "wandb" else {}))
         for name, node in (cfg.get("logger") or {}).items()
@@ -89,12 +93,15 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         return done
     out = Path(cfg.paths.output_dir)
     ckpt_path = resume.checkpoint(cfg)
+    configure_runtime()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule, module = build(cfg)
     throughput = Throughput()
-    trainer = build_trainer(cfg, throughput, ckpt_path)
+    trainer = build_trainer(cfg, throughput, ckpt_path=ckpt_path)
     try:
         log_hyperparameters(trainer, cfg, module.model)
+        if wants_channels_last(cfg.get("channels_last", False), trainer.strategy.root_device, module.model):
+            module.use_channels_last()
         if cfg.get("compile"):
             module.model.compile()
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
