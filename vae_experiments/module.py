@@ -87,6 +87,7 @@ class VAEModule(L.LightningModule):
     def on_fit_start(self) -> None:
         for logger in self.loggers:
             logger.log_hyperparams(self.run_info)
+
     def _log_train(self, logs: dict[str, Tensor], batch_size: int) -> None:
         # Lightning's self.log costs ~1 ms per call per step, more than a small model's whole step (BENCHMARKS.md)
         self.train_means.update(logs, batch_size, self.device)
