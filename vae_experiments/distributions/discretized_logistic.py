@@ -70,9 +70,7 @@ class DiscretizedLogisticMixture(Distribution):
     arg_constraints: ClassVar[dict[str, constraints.Constraint]] = {}
     support = constraints.unit_interval
 
-    def __init__(
-        self, logits: Tensor, locs: Tensor, log_scales: Tensor, coeffs: Tensor | None, levels: int
-    ) -> None:
+    def __init__(self, logits: Tensor, locs: Tensor, log_scales: Tensor, coeffs: Tensor | None, levels: int) -> None:
         self.logits = logits
         self.locs = locs
         self.log_scales = log_scales
@@ -144,9 +142,7 @@ class DiscretizedLogisticMixture(Distribution):
             c, locs = self.coeffs, self.locs
             red = clamped_logistic_mean(locs[:, :, 0], log_scales[:, :, 0])
             green = clamped_logistic_mean(locs[:, :, 1] + c[:, :, 0] * red, log_scales[:, :, 1])
-            blue = clamped_logistic_mean(
-                locs[:, :, 2] + c[:, :, 1] * red + c[:, :, 2] * green, log_scales[:, :, 2]
-            )
+            blue = clamped_logistic_mean(locs[:, :, 2] + c[:, :, 1] * red + c[:, :, 2] * green, log_scales[:, :, 2])
             comp = torch.stack([red, green, blue], dim=2)
         weights = torch.softmax(self.logits, dim=1).unsqueeze(2)
         return ((weights * comp).sum(1) + 1) / 2

@@ -8,6 +8,7 @@ reproduces the authors' released code instead (REFERENCE.md 1.3), which is *not*
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 from typing import ClassVar
@@ -18,6 +19,9 @@ from torch import Tensor, nn
 from torch.distributions import Distribution, Independent, Normal, constraints
 from torch.distributions.kl import register_kl
 
+from vae_experiments.nets.heads import output_heads
+
+log = logging.getLogger(__name__)
 _LOG_2PI = math.log(2 * math.pi)
 
 
@@ -65,9 +69,7 @@ class AR1Normal(Distribution):
     support = constraints.real_vector
     has_rsample = True
 
-    def __init__(
-        self, loc: Tensor, rho_logit: Tensor, log_s: Tensor, validate_args: bool | None = None
-    ) -> None:
+    def __init__(self, loc: Tensor, rho_logit: Tensor, log_s: Tensor, validate_args: bool | None = None) -> None:
         self.loc = loc
         self.rho_logit = rho_logit
         self.log_s = log_s
@@ -113,8 +115,18 @@ class AR1Normal(Distribution):
 
     def rsample(self, sample_shape: Sequence[int] = ()) -> Tensor:
         """z = mu + z~ with z~ the AR(1) chain above; shape (*sample_shape, B, d)."""
+        return self.rsample_and_log_prob(sample_shape)[0]
+
+    def rsample_and_log_prob(self, sample_shape: Sequence[int] = ()) -> tuple[Tensor, Tensor]:
+        """A sample and its log q in one pass: the standardised innovations of z are the eps that made it, so
+
+        log q(z) = -1/2 [ d log 2 pi + d log s + (d-1) log(1 - rho^2) + ||eps||^2 ]   (equal to ``log_prob(z)``).
+        """
         eps = torch.randn(self._extended_shape(sample_shape), dtype=self.loc.dtype, device=self.loc.device)
-        return self.loc + ar1_filter(self._innovation_log_scales().exp() * eps, self.rho)
+        z = self.loc + ar1_filter(self._innovation_log_scales().exp() * eps, self.rho)
+        d = self.dim
+        log_q = -0.5 * (d * _LOG_2PI + d * self.log_s + (d - 1) * self.log1m_rho_sq + eps.pow(2).sum(-1))
+        return z, log_q
 
     def log_prob(self, value: Tensor) -> Tensor:
         """Innovation form, with r = z - mu, e_1 = r_1, e_j = r_j - rho r_{j-1}:
@@ -162,6 +174,11 @@ class RandomWalkNormal(AR1Normal):
         eps = torch.randn(self._extended_shape(sample_shape), dtype=self.loc.dtype, device=self.loc.device)
         return self.loc + ((0.5 * self.log_s).exp().unsqueeze(-1) * eps).cumsum(-1)
 
+    def rsample_and_log_prob(self, sample_shape: Sequence[int] = ()) -> tuple[Tensor, Tensor]:
+        """The random-walk sample and the AR(1) density at it (the inherited ``log_prob``, see above)."""
+        z = self.rsample(sample_shape)
+        return z, self.log_prob(z)
+
 
 def _is_standard_normal(p: Independent, event_shape: torch.Size) -> bool:
     base = p.base_dist
@@ -205,26 +222,40 @@ def _kl_random_walk_std_normal(q: RandomWalkNormal, p: Independent) -> Tensor:
 
 
 class RhoPosterior(nn.Module):
-    """Three linear heads from h: mu (d), the rho pre-activation a (1, rho = tanh a) and log s (1).
+    """Linear heads from h: mu (d), the rho pre-activation a (1, rho = tanh a) and log s (1).
+
+    ``head_hidden``: null for linear heads (one joint matmul), or the width of a separate hidden layer (activation
+    ``head_act``) in front of each of the three (the authors' CNN-VAE; see ``BranchedHeads``).
 
     ``reference_faithful=True`` returns a ``RandomWalkNormal``: the authors' random-walk sampler and
     batch-weighted KL (REFERENCE.md 1.3). That is NOT a valid bound and its ``log_prob`` is not the density of
-    its samples; it exists only to reproduce the paper's curves. The default is the correct AR(1) posterior.
+    its samples; it exists only to reproduce the paper's curves, and says so: a warning when built, and
+    ``valid_bound = False``, which the runner writes to the metrics (``test/valid_bound``). The default is the
+    correct AR(1) posterior.
     """
 
-    def __init__(self, in_features: int, latent_dim: int, reference_faithful: bool = False) -> None:
+    def __init__(
+        self,
+        in_features: int,
+        latent_dim: int,
+        reference_faithful: bool = False,
+        head_hidden: int | None = None,
+        head_act: str = "elu",
+    ) -> None:
         super().__init__()
         self.latent_dim = latent_dim
         self.reference_faithful = reference_faithful
-        self.mu_head = nn.Linear(in_features, latent_dim)
-        self.rho_head = nn.Linear(in_features, 1)
-        self.log_s_head = nn.Linear(in_features, 1)
+        self.valid_bound = not reference_faithful
+        self.head = output_heads(in_features, [latent_dim, 1, 1], head_hidden, head_act)
+        if reference_faithful:
+            log.warning(
+                "posterior.reference_faithful=true: the rho-VAE authors' random-walk sampler and batch-weighted KL. "
+                "The ELBO, loss and NLL of this run are NOT bounds on -log p(x); use them only beside the paper's "
+                "curves"
+            )
 
     def forward(self, h: Tensor) -> Distribution:
         cls = RandomWalkNormal if self.reference_faithful else AR1Normal
         dtype = torch.promote_types(h.dtype, torch.float32)  # out of autocast's half precision, float64 kept
-        return cls(
-            self.mu_head(h).to(dtype),
-            self.rho_head(h).to(dtype).squeeze(-1),
-            self.log_s_head(h).to(dtype).squeeze(-1),
-        )
+        loc, rho_logit, log_s = self.head(h).to(dtype).split([self.latent_dim, 1, 1], dim=-1)
+        return cls(loc, rho_logit.squeeze(-1), log_s.squeeze(-1))
