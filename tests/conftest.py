@@ -10,7 +10,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, open_dict, read_write
 
 from vae_experiments.train import CONFIG_DIR
 
@@ -37,10 +37,10 @@ def compose_cfg(overrides: list[str], out: Path, config_name: str = "train") -> 
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         cfg = compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
+    with read_write(cfg), open_dict(cfg):
         cfg.paths.output_dir = str(out)
         cfg.hydra.runtime.output_dir = str(out)
+    HydraConfig.instance().set_config(cfg)
     return cfg
 
 
@@ -52,3 +52,9 @@ def make_cfg(tmp_path: Path) -> Callable[..., DictConfig]:
         return compose_cfg([*(FAST if fast else []), *overrides], out or tmp_path)
 
     return _make
+
+
+@pytest.fixture
+def compose_config() -> Callable[..., DictConfig]:
+    """``compose_config(overrides, out, config_name)``: any config of ``conf/``, outputs in ``out``."""
+    return compose_cfg

@@ -126,10 +126,7 @@ def test_grey_log_prob_by_hand_from_the_logistic_cdf() -> None:
     weights = torch.softmax(torch.tensor(logits, dtype=D), 0).tolist()
     expected = sum(
         math.log(
-            sum(
-                w * math.exp(bin_prob(v, m, math.exp(s)))
-                for w, m, s in zip(weights, means, log_scales, strict=True)
-            )
+            sum(w * math.exp(bin_prob(v, m, math.exp(s))) for w, m, s in zip(weights, means, log_scales, strict=True))
         )
         for v in (0, 100, 255)
     )

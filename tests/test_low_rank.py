@@ -59,9 +59,7 @@ def test_fixed_diagonal_is_the_constant_and_learned_is_softplus_plus_min() -> No
     fixed = LowRankGaussianLikelihood(rank=R, diagonal="fixed", min_diag=1e-5)(params[:, : C * (1 + R)])
     assert torch.equal(fixed.mvn.cov_diag, torch.full((2, N), 1e-5))
     learned = LowRankGaussianLikelihood(rank=R, diagonal="learned", min_diag=1e-5)(params)
-    torch.testing.assert_close(
-        learned.mvn.cov_diag, F.softplus(params[:, C * (1 + R) :]).reshape(2, N) + 1e-5
-    )
+    torch.testing.assert_close(learned.mvn.cov_diag, F.softplus(params[:, C * (1 + R) :]).reshape(2, N) + 1e-5)
 
 
 def test_empirical_covariance_of_samples_is_low_rank_plus_diagonal() -> None:

@@ -13,6 +13,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from vae_experiments.errors import ConfigError
+from vae_experiments.metrics.evaluations import run_test_evaluations
 from vae_experiments.train import CONFIG_DIR, build, print_summary
 
 
@@ -43,6 +44,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     trainer.test(module, datamodule=datamodule, verbose=False)
     metrics: dict[str, Any] = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
     metrics.update(module.test_extras)
+    if trainer.is_global_zero:
+        metrics.update(run_test_evaluations(run_cfg.eval, module.model, datamodule))
     metrics["checkpoint"] = str(ckpt_path.resolve())
     if trainer.is_global_zero:
         out = Path(cfg.paths.output_dir)

@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from vae_experiments.callbacks.throughput import Throughput
 from vae_experiments.errors import ConfigError
+from vae_experiments.metrics.evaluations import run_test_evaluations
 from vae_experiments.model import VAE, build_model
 from vae_experiments.module import VAEModule
 from vae_experiments.validation import build_part, check_combination, instantiate, preflight
@@ -51,16 +52,21 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, VAEModule]:
 
 
 def build_trainer(cfg: DictConfig, throughput: Throughput | None = None) -> L.Trainer:
-    callbacks = [instantiate(node, f"callbacks.{name}") for name, node in (cfg.get("callbacks") or {}).items()]
+    # a callback or logger set to null on the command line (callbacks.progress_bar=null) is switched off
+    callbacks = [instantiate(node, f"callbacks.{name}") for name, node in (cfg.get("callbacks") or {}).items() if node]
     if throughput is not None:
         callbacks.append(throughput)
-    loggers = [instantiate(node, f"logger.{name}") for name, node in (cfg.get("logger") or {}).items()]
+    loggers = [instantiate(node, f"logger.{name}") for name, node in (cfg.get("logger") or {}).items() if node]
     return instantiate(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False)
 
 
 def log_hyperparameters(trainer: L.Trainer, cfg: DictConfig, model: VAE) -> None:
     params = {
-        "config": OmegaConf.to_container(cfg, resolve=True),
+        "config": {
+            k: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
+            for k, v in cfg.items()
+            if k != "hydra"
+        },
         "parameters": sum(p.numel() for p in model.parameters()),
     }
     for logger in trainer.loggers:
@@ -80,12 +86,18 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if cfg.get("compile"):
         module.model.compile()
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
-    metrics: dict[str, Any] = {}
+    # the last validation epoch's metrics; trainer.test() replaces callback_metrics
+    metrics: dict[str, Any] = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
     if cfg.get("test", True):
         trainer.test(module, datamodule=datamodule, verbose=False)
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")})
         metrics.update(module.test_extras)
-    metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")})
+        if trainer.is_global_zero:
+            extra = run_test_evaluations(cfg.eval, module.model, datamodule)
+            for logger in trainer.loggers:
+                logger.log_metrics({k: v for k, v in extra.items() if isinstance(v, float)}, step=trainer.global_step)
+                logger.save()
+            metrics.update(extra)
     if throughput.images_per_sec is not None:
         metrics["train/images_per_sec"] = throughput.images_per_sec
     metrics["train/epochs"] = trainer.current_epoch

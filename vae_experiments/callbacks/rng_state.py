@@ -18,7 +18,8 @@ class RNGState(L.Callback):
     def state_dict(self) -> dict[str, Any]:
         state = {
             "python": random.getstate(),
-            "numpy": np.random.get_state(),
+            # as plain types and tensors, so that torch.load(weights_only=True) accepts the checkpoint
+            "numpy": _numpy_state(),
             "torch": torch.get_rng_state(),
         }
         if torch.cuda.is_available():
@@ -27,7 +28,13 @@ class RNGState(L.Callback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         random.setstate(state_dict["python"])
-        np.random.set_state(state_dict["numpy"])
+        name, keys, pos, has_gauss, cached = state_dict["numpy"]
+        np.random.set_state((name, keys.numpy(), pos, has_gauss, cached))
         torch.set_rng_state(state_dict["torch"])
         if "cuda" in state_dict and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state_dict["cuda"])
+
+
+def _numpy_state() -> tuple[str, torch.Tensor, int, int, float]:
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return name, torch.from_numpy(keys.copy()), int(pos), int(has_gauss), float(cached)

@@ -1,0 +1,105 @@
+"""Training images per second of one full Soft-IntroVAE iteration (encoder step + decoder step), data loading excluded.
+
+    python scripts/bench_soft_intro.py --arch cifar10 --batch 32 --threads 2 --warmup 3 --steps 10
+    python scripts/bench_soft_intro.py --arch fmnist --batch 128
+
+Builds the ``experiment=soft_intro_vae`` / ``_fmnist`` model (IntroVAE nets, Gaussian with fixed sigma, beta_neg 256,
+gamma_r 1e-8) and times ``SoftIntroVAE.training_step`` on random images with plain Adam optimisers; prints one JSON
+line with the median step time and images/s (and writes it under ``--out`` when given).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import statistics
+import time
+from functools import partial
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from vae_experiments.distributions.likelihoods import GaussianLikelihood
+from vae_experiments.distributions.posteriors import DiagonalGaussianPosterior
+from vae_experiments.distributions.priors import StandardNormalPrior
+from vae_experiments.model import VAE, build_model
+from vae_experiments.nets.intro import IntroDecoder, IntroEncoder
+from vae_experiments.objectives.soft_intro import SoftIntroVAE
+
+ARCHS = {"cifar10": ((3, 32, 32), (64, 128, 256), 128), "fmnist": ((1, 28, 28), (64, 128), 32)}
+
+
+class Harness:
+    """The three things ``training_step`` needs from a LightningModule."""
+
+    def __init__(self, model: VAE, objective: SoftIntroVAE, lr: float) -> None:
+        self.model = model
+        self.current_epoch = 0
+        self.opts = objective.configure_optimizers(model, partial(torch.optim.Adam, lr=lr))
+
+    def optimizers(self) -> list[torch.optim.Optimizer]:
+        return self.opts
+
+    def manual_backward(self, loss: Tensor) -> None:
+        loss.backward()
+
+    def log_metrics(self, stage: str, logs: dict[str, Tensor], batch_size: int) -> None:
+        pass
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--arch", choices=sorted(ARCHS), default="cifar10")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--channels-last", type=int, choices=(0, 1), default=1)
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    shape, channels, latent = ARCHS[args.arch]
+    cl = bool(args.channels_last)
+    parts = {
+        "encoder": partial(IntroEncoder, channels=channels, channels_last=cl),
+        "posterior": DiagonalGaussianPosterior,
+        "prior": StandardNormalPrior,
+        "decoder": partial(IntroDecoder, channels=channels, channels_last=cl),
+        "likelihood": partial(GaussianLikelihood, sigma="fixed", sigma_init=math.sqrt(0.5)),
+    }
+    model = build_model(parts, shape, latent)
+    objective = SoftIntroVAE(beta_neg=256.0, recon_offset=0.5 * math.log(math.pi))
+    harness = Harness(model, objective, lr=2e-4)
+    x = torch.rand(args.batch, *shape)
+    times = []
+    for i in range(args.warmup + args.steps):
+        start = time.perf_counter()
+        objective.training_step(harness, x)
+        if i >= args.warmup:
+            times.append(time.perf_counter() - start)
+    median = statistics.median(times)
+    result = {
+        "workload": f"soft_intro {args.arch} channels {list(channels)} z {latent} B {args.batch}",
+        "threads": args.threads,
+        "channels_last": cl,
+        "median_step_s": round(median, 4),
+        "images_per_s": round(args.batch / median, 2),
+        "steps_timed": args.steps,
+        "warmup": args.warmup,
+        "torch": torch.__version__,
+        "cpu": platform.processor() or platform.machine(),
+    }
+    line = json.dumps(result)
+    print(line)
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(line + "\n")
+
+
+if __name__ == "__main__":
+    main()
