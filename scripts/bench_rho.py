@@ -16,18 +16,20 @@ import os
 import platform
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from hydra import compose, initialize_config_dir
-from omegaconf import open_dict
+from lightning import LightningDataModule
+from omegaconf import DictConfig, open_dict
 
 from vae_experiments.train import CONFIG_DIR, build
 
 POSTERIORS = ("diagonal", "rho")
 
 
-def make_step(posterior: str, x: torch.Tensor):
+def make_step(posterior: str, x: torch.Tensor) -> Callable[[int], None]:
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         cfg = compose(config_name="train", overrides=["experiment=rho_vae", f"posterior={posterior}"])
     with open_dict(cfg):
@@ -69,6 +71,7 @@ def main() -> None:
             if i >= args.warmup:
                 times[name].append(time.perf_counter() - t0)
     median = {name: statistics.median(t) for name, t in times.items()}
+    ops = {name: ops_per_step(step) for name, step in steps.items()}
     ratio = median["rho"] / median["diagonal"]
     result = {
         "setup": "experiment=rho_vae: MLP 784-400-10, B=128, Bernoulli, ELBO (closed-form KL), Adam",
@@ -79,6 +82,7 @@ def main() -> None:
         "median_step_ms": {name: round(1e3 * m, 4) for name, m in median.items()},
         "images_per_sec": {name: round(x.shape[0] / m, 1) for name, m in median.items()},
         "ratio_rho_over_diagonal": round(ratio, 4),
+        "aten_ops_per_step": ops,
         "authors_ratio": 1.18,
         "machine": {
             "cpu": cpu_model(),
@@ -93,7 +97,19 @@ def main() -> None:
     print(json.dumps(result, indent=2))
 
 
-def build_datamodule(data_cfg):
+def ops_per_step(step: Callable[[int], None]) -> int:
+    """Top-level aten ops one step dispatches (forward, backward and Adam): the load-independent cost measure."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        step(0)
+    return sum(
+        1
+        for event in prof.events()
+        if event.name.startswith("aten::")
+        and (event.cpu_parent is None or not event.cpu_parent.name.startswith("aten::"))
+    )
+
+
+def build_datamodule(data_cfg: DictConfig) -> LightningDataModule:
     from hydra.utils import instantiate
 
     datamodule = instantiate(data_cfg)

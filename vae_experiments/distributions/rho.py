@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.distributions import Distribution, Independent, Normal, constraints
 from torch.distributions.kl import register_kl
+from torch.distributions.utils import lazy_property
 
 from vae_experiments.nets.heads import output_heads
 
@@ -43,11 +44,13 @@ def ar1_filter(x: Tensor, rho: Tensor) -> Tensor:
     divides by rho.
     """
     a = rho.unsqueeze(-1)
-    offset = 1
-    while offset < x.shape[-1]:
-        x = torch.cat([x[..., :offset], x[..., offset:] + a * x[..., :-offset]], dim=-1)
-        a = a * a
+    offset, d = 1, x.shape[-1]
+    while offset < d:
+        # y_j += a y_{j-offset}, with zeros shifted in: 5 ops a step forward and back, the fewest found
+        x = x + F.pad(a * x[..., :-offset], (offset, 0))
         offset *= 2
+        if offset < d:
+            a = a * a
     return x
 
 
@@ -79,11 +82,11 @@ class AR1Normal(Distribution):
     def dim(self) -> int:
         return self.event_shape[0]
 
-    @property
+    @lazy_property
     def rho(self) -> Tensor:
         return torch.tanh(self.rho_logit)
 
-    @property
+    @lazy_property
     def log1m_rho_sq(self) -> Tensor:
         """log(1 - rho^2), computed from the pre-activation (see ``log1m_tanh_sq``)."""
         return log1m_tanh_sq(self.rho_logit)
@@ -258,4 +261,6 @@ class RhoPosterior(nn.Module):
         cls = RandomWalkNormal if self.reference_faithful else AR1Normal
         dtype = torch.promote_types(h.dtype, torch.float32)  # out of autocast's half precision, float64 kept
         loc, rho_logit, log_s = self.head(h).to(dtype).split([self.latent_dim, 1, 1], dim=-1)
-        return cls(loc, rho_logit.squeeze(-1), log_s.squeeze(-1))
+        # No argument validation: every real value is valid for the three heads (it would only catch NaN, which the
+        # runner reports as a non-finite loss), and it costs a dozen ops per step.
+        return cls(loc, rho_logit.squeeze(-1), log_s.squeeze(-1), validate_args=False)
