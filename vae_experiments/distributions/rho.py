@@ -110,11 +110,15 @@ class AR1Normal(Distribution):
         lag = (idx[:, None] - idx[None, :]).abs().to(self.loc.dtype)
         return self.log_s.exp()[..., None, None] * self.rho[..., None, None].pow(lag)
 
+    @lazy_property
+    def log_det(self) -> Tensor:
+        """log det(s T) = d log s + (d - 1) log(1 - rho^2); shared by log q, the entropy and the KL."""
+        return self.dim * self.log_s + (self.dim - 1) * self.log1m_rho_sq
+
     def _innovation_log_scales(self) -> Tensor:
         """log (sqrt(s), sqrt(s (1 - rho^2)), ..., sqrt(s (1 - rho^2))): stds of e_1 and of e_j, j >= 2."""
-        first = 0.5 * self.log_s.unsqueeze(-1)
-        rest = 0.5 * (self.log_s + self.log1m_rho_sq).unsqueeze(-1)
-        return torch.cat([first, rest.expand(*rest.shape[:-1], self.dim - 1)], dim=-1)
+        l1m = self.log1m_rho_sq.unsqueeze(-1)
+        return 0.5 * (self.log_s.unsqueeze(-1) + F.pad(l1m.expand(*l1m.shape[:-1], self.dim - 1), (1, 0)))
 
     def rsample(self, sample_shape: Sequence[int] = ()) -> Tensor:
         """z = mu + z~ with z~ the AR(1) chain above; shape (*sample_shape, B, d)."""
@@ -127,8 +131,7 @@ class AR1Normal(Distribution):
         """
         eps = torch.randn(self._extended_shape(sample_shape), dtype=self.loc.dtype, device=self.loc.device)
         z = self.loc + ar1_filter(self._innovation_log_scales().exp() * eps, self.rho)
-        d = self.dim
-        log_q = -0.5 * (d * _LOG_2PI + d * self.log_s + (d - 1) * self.log1m_rho_sq + eps.pow(2).sum(-1))
+        log_q = -0.5 * (self.dim * _LOG_2PI + self.log_det + eps.pow(2).sum(-1))
         return z, log_q
 
     def log_prob(self, value: Tensor) -> Tensor:
@@ -150,13 +153,11 @@ class AR1Normal(Distribution):
         # Multiply by exp(-log std) rather than divide by the std: as |rho| -> 1 the std of e_j underflows
         # and the quotient rule's std^-2 would overflow the gradient.
         innov = innov * (-self._innovation_log_scales()).exp()
-        d = self.dim
-        return -0.5 * (d * _LOG_2PI + d * self.log_s + (d - 1) * self.log1m_rho_sq + innov.pow(2).sum(-1))
+        return -0.5 * (self.dim * _LOG_2PI + self.log_det + innov.pow(2).sum(-1))
 
     def entropy(self) -> Tensor:
         """H = 1/2 [ d (1 + log 2 pi) + log det(s T) ],  det(s T) = s^d (1 - rho^2)^{d-1}."""
-        d = self.dim
-        return 0.5 * (d * (1 + _LOG_2PI) + d * self.log_s + (d - 1) * self.log1m_rho_sq)
+        return 0.5 * (self.dim * (1 + _LOG_2PI) + self.log_det)
 
 
 class RandomWalkNormal(AR1Normal):
@@ -204,8 +205,7 @@ def _check_standard_normal(q: AR1Normal, p: Independent) -> None:
 def _kl_ar1_std_normal(q: AR1Normal, p: Independent) -> Tensor:
     """KL( N(mu, s T(rho)) || N(0, I) ) = 1/2 [ ||mu||^2 + d (s - 1 - log s) - (d - 1) log(1 - rho^2) ]."""
     _check_standard_normal(q, p)
-    d = q.dim
-    s_term = d * (q.log_s.exp() - 1 - q.log_s) - (d - 1) * q.log1m_rho_sq
+    s_term = q.dim * (q.log_s.exp() - 1) - q.log_det  # = d (s - 1 - log s) - (d - 1) log(1 - rho^2)
     return 0.5 * (q.loc.pow(2).sum(-1) + s_term)
 
 
@@ -219,8 +219,7 @@ def _kl_random_walk_std_normal(q: RandomWalkNormal, p: Independent) -> Tensor:
     The ||mu||^2 part is batch-summed, the s/rho part batch-averaged (down-weighted by B): not a KL.
     """
     _check_standard_normal(q, p)
-    d = q.dim
-    s_term = d * (q.log_s.exp() - 1 - q.log_s) - (d - 1) * q.log1m_rho_sq
+    s_term = q.dim * (q.log_s.exp() - 1) - q.log_det
     return 0.5 * (q.loc.pow(2).sum(-1) + s_term / q.batch_shape.numel())
 
 
