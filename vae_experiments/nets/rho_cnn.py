@@ -49,8 +49,9 @@ class RhoCNNEncoder(nn.Module):
 
 
 class RhoCNNDecoder(nn.Module):
-    """``z (B, d) -> params (B, P, H, W)``: two linear layers to a ``channels[0] x H/2^n x W/2^n`` map (n =
-    ``len(channels)``), then transposed convs (k4 s2 p1) through ``channels[1:]`` to the P output channels."""
+    """``z (B, d) -> params (B, P, H, W)``: two linear layers to a ``channels[0] x ceil(H/2^n) x ceil(W/2^n)`` map
+    (n = ``len(channels)``), then transposed convs (k4 s2 p1, each doubling the size) through ``channels[1:]`` to the
+    P output channels, cropped to H x W where H or W does not divide by 2^n (28x28: exact, no crop)."""
 
     autoregressive = False
 
@@ -69,9 +70,8 @@ class RhoCNNDecoder(nn.Module):
             raise ValueError(f"decoder=rho_cnn needs images (C, H, W), the data are {tuple(out_shape)}")
         p, h, w = out_shape
         factor = 2 ** len(channels)
-        if h % factor or w % factor:
-            raise ValueError(f"decoder=rho_cnn doubles the size {len(channels)} times: H, W must divide by {factor}")
-        self.start = (channels[0], h // factor, w // factor)
+        self.size = (h, w)
+        self.start = (channels[0], math.ceil(h / factor), math.ceil(w / factor))
         self.fc = nn.Sequential(
             nn.Linear(latent_dim, hidden),
             activation(act),
@@ -85,4 +85,4 @@ class RhoCNNDecoder(nn.Module):
         self.convs = nn.Sequential(*layers)
 
     def forward(self, z: Tensor) -> Tensor:
-        return self.convs(self.fc(z).view(-1, *self.start))
+        return self.convs(self.fc(z).view(-1, *self.start))[..., : self.size[0], : self.size[1]]
