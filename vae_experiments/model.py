@@ -89,12 +89,16 @@ class VAE(nn.Module):
         self.likelihood = likelihood
         self.data_shape = tuple(data_shape)
         self.latent_dim = latent_dim
+        # set by VAEModule.use_channels_last (trainer=gpu with convolutional nets): images are encoded as NHWC
+        self.channels_last = False
 
     @property
     def autoregressive(self) -> bool:
         return bool(getattr(self.decoder, "autoregressive", False))
 
     def encode(self, x: Tensor) -> Distribution:
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
         return self.posterior(self.encoder(x))
 
     def decode(self, z: Tensor, x: Tensor | None = None) -> Distribution:
@@ -112,15 +116,31 @@ class VAE(nn.Module):
         z = q.rsample((k,))
         return z, q.log_prob(z)
 
+    def log_likelihood(self, z: Tensor, x: Tensor) -> Tensor:
+        """log p(x|z) for ``z`` of shape (k, B, d) and ``x`` (B, ...): (k, B), one decoder pass over k*B rows.
+
+        Uses the likelihood's ``log_likelihood(params, x)`` when it has one (no Distribution objects, ``x`` broadcast
+        over the samples, not copied); otherwise, and for autoregressive decoders, the Distribution's ``log_prob``.
+        """
+        k, batch = z.shape[:2]
+        flat_z = z.reshape(k * batch, -1)
+        fast = getattr(self.likelihood, "log_likelihood", None)
+        if fast is not None and not self.autoregressive:
+            params = self.decoder(flat_z)
+            return fast(params.view(k, batch, *params.shape[1:]), x)
+        flat_x = x.expand(k, *x.shape).reshape(k * batch, *x.shape[1:])
+        return self.decode(flat_z, flat_x).log_prob(flat_x).view(k, batch)
+
+    def log_prior(self, z: Tensor) -> Tensor:
+        """log p(z) for ``z`` of shape (k, B, d): (k, B)."""
+        return self.prior.log_prob(z.reshape(-1, z.shape[-1])).view(z.shape[:2])
+
     def terms(self, x: Tensor, k: int = 1, q: Distribution | None = None) -> ELBOTerms:
         """Everything an objective or an estimator needs, for ``k`` samples per example (k*B decoder rows)."""
         q = self.encode(x) if q is None else q
         z, log_qz = self.sample_posterior(q, k)
-        batch = x.shape[0]
-        flat_z = z.reshape(k * batch, -1)
-        flat_x = x.expand(k, *x.shape).reshape(k * batch, *x.shape[1:])
-        log_px_z = self.decode(flat_z, flat_x).log_prob(flat_x).view(k, batch)
-        log_pz = self.prior.log_prob(flat_z).view(k, batch)
+        log_px_z = self.log_likelihood(z, x)
+        log_pz = self.log_prior(z)
         kl = closed_form_kl(q, self.prior)
         analytic = kl is not None
         return ELBOTerms(z, q, log_px_z, log_qz, log_pz, kl if analytic else log_qz - log_pz, analytic)

@@ -12,6 +12,7 @@ from torchmetrics import MeanMetric
 
 from vae_experiments.metrics.diagnostics import PosteriorDiagnostics
 from vae_experiments.metrics.nll import bits_per_dim, importance_sampled_log_likelihood
+from vae_experiments.metrics.running import RunningMeans
 from vae_experiments.model import VAE, kl_per_dim, posterior_mean
 from vae_experiments.objectives.base import Objective, OptimizerFactory
 
@@ -20,6 +21,12 @@ TEST_KEYS = ("elbo", "nll", "recon", "kl", "loss")
 
 class VAEModule(L.LightningModule):
     """Holds a ``VAE`` and an ``Objective``; logs the true ELBO for every objective.
+
+    Train: every ``trainer.log_every_n_steps`` training batches (from the first) the step's values go to the loggers
+    as ``train/<name>_step``; at the end of the epoch the batch-weighted means are logged as ``train/<name>`` (synced
+    across ranks; ``loss`` and ``elbo`` on the progress bar). In between nothing waits for the device: the means
+    accumulate where they are computed, and a non-finite loss on a GPU is caught at the next logging step, at the end
+    of the epoch, or before any checkpoint is written (on the CPU, where the check costs nothing, at once).
 
     Test: ``test/elbo``, ``test/recon``, ``test/kl`` (nats per example), ``test/nll`` (importance-sampled with
     ``nll_samples``), ``test/bpd`` (when the likelihood is a mass over the data's levels), ``test/active_units`` and
@@ -35,7 +42,7 @@ class VAEModule(L.LightningModule):
         optimizer: OptimizerFactory,
         data_levels: int | None = None,
         nll_samples: int = 1000,
-        nll_max_rows: int = 65536,
+        nll_max_rows: int = 16384,
     ) -> None:
         super().__init__()
         self.model = model
@@ -50,19 +57,69 @@ class VAEModule(L.LightningModule):
         self.test_means = nn.ModuleDict({k: MeanMetric() for k in TEST_KEYS})
         self.diagnostics = PosteriorDiagnostics(model.latent_dim)
         self.test_extras: dict[str, Any] = {}
+        self.train_means = RunningMeans()
+        self._train_batches = 0
+        self._finite: Tensor | None = None
+        self.channels_last = False
+
+    def use_channels_last(self) -> None:
+        """Hold the model's 4-D weights, and the images it encodes, in channels-last (NHWC) memory layout."""
+        self.model.to(memory_format=torch.channels_last)
+        self.model.channels_last = True
+        self.channels_last = True
 
     def log_metrics(self, stage: str, logs: dict[str, Tensor], batch_size: int) -> None:
         """Log detached scalars as ``stage/name``; epoch means are weighted by batch size and synced across ranks."""
-        on_step = stage == "train"
+        if stage == "train":
+            self._log_train(logs, batch_size)
+            return
         for key, value in logs.items():
             self.log(
                 f"{stage}/{key}",
                 value,
-                on_step=on_step,
+                on_step=False,
                 on_epoch=True,
                 batch_size=batch_size,
-                sync_dist=not on_step,
+                sync_dist=True,
                 prog_bar=key in ("loss", "elbo"),
+            )
+
+    def _log_train(self, logs: dict[str, Tensor], batch_size: int) -> None:
+        # Lightning's self.log costs ~1 ms per call per step, more than a small model's whole step (BENCHMARKS.md)
+        self.train_means.update(logs, batch_size, self.device)
+        every = self.trainer.log_every_n_steps if self._trainer is not None else 1
+        if self._train_batches % every == 0:
+            self._raise_if_not_finite()
+            values = {f"train/{k}_step": v for k, v in self.train_means.last_values().items()}
+            for logger in self.loggers:
+                logger.log_metrics({**values, "epoch": self.current_epoch}, step=self.global_step)
+        self._train_batches += 1
+
+    def on_train_epoch_end(self) -> None:
+        self._raise_if_not_finite()
+        for key, value in self.train_means.means().items():
+            self.log(
+                f"train/{key}", value, on_step=False, on_epoch=True, sync_dist=True, prog_bar=key in ("loss", "elbo")
+            )
+        self.train_means.reset()
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._raise_if_not_finite()
+
+    def _check_finite(self, loss: Tensor) -> None:
+        finite = torch.isfinite(loss.detach())
+        if finite.device.type == "cpu":
+            self._finite = finite
+            self._raise_if_not_finite()
+        else:  # reading it would wait for the GPU: keep the verdict on the device until the next check
+            self._finite = finite if self._finite is None else self._finite & finite
+
+    def _raise_if_not_finite(self) -> None:
+        if self._finite is not None and not bool(self._finite):
+            self._finite = None
+            raise FloatingPointError(
+                f"non-finite training loss by step {self.global_step}; the last good checkpoint is kept "
+                "(lower the learning rate, or add gradient clipping: trainer.gradient_clip_val=1.0)"
             )
 
     def configure_optimizers(self) -> Any:
@@ -70,11 +127,8 @@ class VAEModule(L.LightningModule):
 
     def training_step(self, batch: Tensor, batch_idx: int) -> Tensor | None:
         out = self.objective.training_step(self, batch)
-        if out is not None and not torch.isfinite(out.detach()):
-            raise FloatingPointError(
-                f"non-finite training loss at step {self.global_step}; the last good checkpoint is kept "
-                "(lower the learning rate, or add gradient clipping: trainer.gradient_clip_val=1.0)"
-            )
+        if out is not None:
+            self._check_finite(out)
         return out
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
@@ -86,7 +140,9 @@ class VAEModule(L.LightningModule):
         kl = t.kl if t.analytic_kl else t.kl.mean(0)
         logs = {"elbo": (recon - kl).mean(), "recon": -recon.mean(), "kl": kl.mean()}
         if self.automatic_optimization:
-            logs["loss"] = self.objective.loss(self.model, batch, self.global_step)[0].detach()
+            # the objective's weights (a scheduled beta, ...) at the same optimiser step as in training, logged too
+            loss, extra = self.objective.loss(self.model, batch, self.global_step)
+            logs = {**extra, **logs, "loss": loss.detach()}
         self.log_metrics("val", logs, batch.shape[0])
 
     def test_step(self, batch: Tensor, batch_idx: int) -> None:
@@ -109,7 +165,7 @@ class VAEModule(L.LightningModule):
             logs["test/bpd"] = bits_per_dim(logs["test/nll"], self.dims)
         diag = self.diagnostics.compute()
         logs["test/active_units"] = diag["active_units"].float()
-        self.log_dict(logs)
+        self.log_dict(logs, sync_dist=True)  # already reduced by torchmetrics: the mean of equal values
         valid = all(getattr(part, "valid_bound", True) for part in (*self.model.children(), self.objective))
         self.test_extras = {"test/nll_samples": self.nll_samples, "test/valid_bound": valid}
         if "kl_per_dim" in diag:

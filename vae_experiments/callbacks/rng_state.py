@@ -13,7 +13,14 @@ import torch
 class RNGState(L.Callback):
     """Saves the Python, NumPy, torch CPU (and CUDA) generator states in every checkpoint and restores them on
     resume. Lightning restores model, optimiser and loop state but not these, and without them a resumed run draws
-    different posterior samples and data orders than the uninterrupted one."""
+    different posterior samples and binarisations than the uninterrupted one.
+
+    Timing: the state is captured when the checkpoint is written (``on_train_epoch_end``, after validation) and
+    restored when Lightning loads the callbacks' states, before the resumed fit creates its first data iterator; the
+    same draws then follow in both runs. The data order does not depend on these states (the DataModule's sampler is
+    seeded by (seed, epoch)). All ranks are seeded alike and draw alike, so rank zero's state (the one in the file) is
+    every rank's.
+    """
 
     def state_dict(self) -> dict[str, Any]:
         state = {

@@ -6,12 +6,14 @@ from pathlib import Path
 
 import torch
 from lightning import LightningDataModule
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from vae_experiments.data import sources
 from vae_experiments.data.celeba import celeba_shape, celeba_splits
-from vae_experiments.data.memory import InMemoryDataset, binarize_once, collate_batch
+from vae_experiments.data.device import DeviceBatches, check_flags, make_loader
+from vae_experiments.data.memory import InMemoryDataset, binarize_once
 from vae_experiments.data.toy2d import TOYS, sample_toy
 from vae_experiments.errors import ConfigError
 
@@ -61,7 +63,18 @@ class VAEDataModule(LightningDataModule):
     Splits: ``seed`` fixes every held-out split, ``train_subset`` (first examples of the shuffled training
     split) and the binarisation; the training run's seed does not change the data unless it is passed here.
     In-memory sets (all but CelebA) hold each split as ONE tensor; a batch is one vectorised index
-    (``InMemoryDataset.__getitems__``), and Lightning's automatic ``DistributedSampler`` still applies.
+    (``InMemoryDataset.__getitems__``).
+
+    Order and sharding (the Trainer runs with ``use_distributed_sampler=false``): the training split is shuffled by a
+    ``DistributedSampler`` seeded with ``shuffle_seed`` (the runner passes the run's ``seed``) whose epoch Lightning
+    sets, so the order depends on (seed, epoch) only, never on the global RNG: a resumed run sees the same batches.
+    Under DDP each rank takes its shard of that order; validation and test sets are split across ranks without the
+    padding duplicates of a ``DistributedSampler`` (``UnrepeatedDistributedSampler``), so reduced metrics are exact.
+
+    Loading: ``on_device`` (``auto``, ``true``, ``false``) holds an in-memory split on the trainer's device and
+    draws batches there (``DeviceBatches``: no DataLoader, no host-to-device copies); ``auto`` does so on a CUDA
+    device when the split takes under a quarter of the free GPU memory. ``pin_memory: auto`` pins the DataLoader's
+    batches when training on CUDA (CelebA's per-item reads with workers).
 
     Missing data: ``check()`` raises a one-line ``ConfigError`` naming the folder, the files and
     ``dataset.download=true``. The constructor does not read the disk (so ``data_shape`` and ``levels`` are
@@ -78,7 +91,8 @@ class VAEDataModule(LightningDataModule):
         batch_size: int = 64,
         eval_batch_size: int | None = None,
         num_workers: int = 0,
-        pin_memory: bool = False,
+        pin_memory: bool | str = False,
+        on_device: bool | str = "auto",
         val_size: int | None = None,
         test_size: int | None = None,
         train_subset: int | None = None,
@@ -91,6 +105,7 @@ class VAEDataModule(LightningDataModule):
         n_test: int = 5_000,
         scale: float = 1.0,
         shape: tuple[int, ...] | list[int] = (1, 28, 28),
+        shuffle_seed: int = 0,
     ) -> None:
         super().__init__()
         if name not in NAMES:
@@ -112,6 +127,7 @@ class VAEDataModule(LightningDataModule):
             raise ConfigError(f"dataset.image_size and dataset.subset apply to celeba only: set them null for {name}")
         if test_size is not None and name not in ("digits", "omniglot"):
             raise ConfigError(f"{name} has a fixed test split: set dataset.test_size=null")
+        check_flags(pin_memory=pin_memory, on_device=on_device)
         if hflip and name == "toy2d":
             raise ConfigError("dataset.hflip mirrors images, toy2d has none: set dataset.hflip=false")
         self.save_hyperparameters()
@@ -123,6 +139,7 @@ class VAEDataModule(LightningDataModule):
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers
         self.pin_memory = pin_memory
+        self.on_device = on_device
         self.val_size = DEFAULT_VAL_SIZE.get(name) if val_size is None else val_size
         fixed_sizes = name in ("toy2d", "synthetic")
         self.test_size = sources.SETS[name].test_size if test_size is None and not fixed_sizes else test_size
@@ -136,6 +153,7 @@ class VAEDataModule(LightningDataModule):
         self.n_test = n_test
         self.scale = scale
         self.shape = tuple(shape)
+        self.shuffle_seed = shuffle_seed
         self.train_set: Dataset[Tensor] | None = None
         self.val_set: Dataset[Tensor] | None = None
         self.test_set: Dataset[Tensor] | None = None
@@ -219,24 +237,37 @@ class VAEDataModule(LightningDataModule):
         self.val_set = InMemoryDataset(bits_pool[val_idx], scale=eval_scale)
         self.test_set = InMemoryDataset(test, scale=eval_scale)
 
-    def _loader(self, dataset: Dataset[Tensor] | None, batch_size: int, shuffle: bool) -> DataLoader:
+    def _shards(self) -> tuple[int, int]:
+        """(number of ranks, this rank): (1, 0) outside a Trainer."""
+        trainer = self.trainer
+        return (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+
+    def _loader(self, dataset: Dataset[Tensor] | None, batch_size: int, shuffle: bool) -> DataLoader | DeviceBatches:
         if dataset is None:
             raise RuntimeError("call setup() before asking for a DataLoader")
-        return DataLoader(
+        replicas, rank = self._shards()
+        sampler: Sampler[int] | None = None
+        if shuffle:
+            sampler = DistributedSampler(dataset, replicas, rank, shuffle=True, seed=self.shuffle_seed)
+        elif replicas > 1:
+            sampler = UnrepeatedDistributedSampler(dataset, replicas, rank, shuffle=False)
+        return make_loader(
             dataset,
-            batch_size=batch_size,
-            shuffle=shuffle,
-            num_workers=self.num_workers,
+            batch_size,
+            shuffle,
+            self.trainer,
+            sampler=sampler,
+            seed=self.shuffle_seed,
+            on_device=self.on_device,
             pin_memory=self.pin_memory,
-            persistent_workers=self.num_workers > 0,
-            collate_fn=collate_batch if isinstance(dataset, InMemoryDataset) else None,
+            num_workers=self.num_workers,
         )
 
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self) -> DataLoader | DeviceBatches:
         return self._loader(self.train_set, self.batch_size, shuffle=True)
 
-    def val_dataloader(self) -> DataLoader:
+    def val_dataloader(self) -> DataLoader | DeviceBatches:
         return self._loader(self.val_set, self.eval_batch_size, shuffle=False)
 
-    def test_dataloader(self) -> DataLoader:
+    def test_dataloader(self) -> DataLoader | DeviceBatches:
         return self._loader(self.test_set, self.eval_batch_size, shuffle=False)

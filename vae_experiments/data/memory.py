@@ -33,15 +33,23 @@ class InMemoryDataset(Dataset[Tensor]):
         return self.__getitems__([index])[0]
 
     def __getitems__(self, indices: list[int]) -> Tensor:
-        x = self.data.index_select(0, torch.as_tensor(indices, dtype=torch.long))
+        return self.take(torch.as_tensor(indices, dtype=torch.long, device=self.data.device))
+
+    def take(self, index: Tensor) -> Tensor:
+        """The float batch at ``index`` (a long tensor on the data's device), transformed where the data lives."""
+        x = self.data.index_select(0, index)
         # uint8 * float scalar promotes to float32 in one pass; .to() is then a no-op
         x = (x * (1.0 / self.scale) if self.scale != 1.0 else x).to(torch.float32)
         if self.resample:
             x = torch.bernoulli(x)
         if self.hflip:
-            flip = (torch.rand(x.shape[0]) < 0.5).view(-1, *([1] * (x.dim() - 1)))
+            flip = (torch.rand(x.shape[0], device=x.device) < 0.5).view(-1, *([1] * (x.dim() - 1)))
             x = torch.where(flip, x.flip(-1), x)
         return x
+
+    def to(self, device: torch.device | str) -> InMemoryDataset:
+        """The same split with its tensor on ``device`` (moved once; reads then never leave the device)."""
+        return InMemoryDataset(self.data.to(device), self.scale, self.resample, self.hflip)
 
 
 def collate_batch(batch: Tensor) -> Tensor:
