@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import logging
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from scipy.linalg import toeplitz
+from torch import Tensor
 from torch.distributions import Independent, MultivariateNormal, Normal, kl_divergence
 
 from vae_experiments.contracts import check_event
+from vae_experiments.data import sources
 from vae_experiments.distributions.priors import StandardNormalPrior
 from vae_experiments.distributions.rho import (
     AR1Normal,
@@ -21,6 +25,9 @@ from vae_experiments.distributions.rho import (
     ar1_filter,
     log1m_tanh_sq,
 )
+from vae_experiments.model import closed_form_kl
+from vae_experiments.module import VAEModule
+from vae_experiments.train import build, train
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 RHOS = [-0.999, -0.5, 0.0, 0.3, 0.999]
@@ -182,22 +189,31 @@ def test_reference_faithful_kl_sums_to_the_reference_batch_kl() -> None:
     assert not torch.isclose(kl.sum(), true_kl)
 
 
+@pytest.mark.parametrize("head_hidden", [None, 6])
 @pytest.mark.parametrize("reference_faithful", [False, True])
-def test_posterior_heads_and_output(reference_faithful: bool) -> None:
+def test_posterior_heads_and_output(reference_faithful: bool, head_hidden: int | None) -> None:
     torch.manual_seed(0)
     cfg = OmegaConf.load(CONF / "posterior" / "rho.yaml")
     cfg.reference_faithful = reference_faithful
+    cfg.head_hidden = head_hidden
     posterior = instantiate(cfg)(in_features=7, latent_dim=5)
     assert isinstance(posterior, RhoPosterior)
-    heads = (posterior.mu_head, posterior.rho_head, posterior.log_s_head)
-    assert [head.out_features for head in heads] == [5, 1, 1]
+    assert posterior.valid_bound is not reference_faithful
     h = torch.randn(8, 7)
+    if head_hidden is None:
+        weight, bias = posterior.head.weight, posterior.head.bias
+        assert weight.shape == (5 + 1 + 1, 7)
+        mu, a, log_s = (h @ weight.T + bias).split([5, 1, 1], dim=-1)
+    else:
+        assert [branch[0].out_features for branch in posterior.head.branches] == [6, 6, 6]
+        assert [branch[2].out_features for branch in posterior.head.branches] == [5, 1, 1]
+        mu, a, log_s = (branch(h) for branch in posterior.head.branches)
     q = posterior(h)
     assert type(q) is (RandomWalkNormal if reference_faithful else AR1Normal)
     check_event(q, 8, (5,))
-    torch.testing.assert_close(q.mean, posterior.mu_head(h))
-    torch.testing.assert_close(q.rho, torch.tanh(posterior.rho_head(h)[:, 0]))
-    torch.testing.assert_close(q.variance, posterior.log_s_head(h).exp().expand(8, 5))
+    torch.testing.assert_close(q.mean, mu)
+    torch.testing.assert_close(q.rho, torch.tanh(a[:, 0]))
+    torch.testing.assert_close(q.variance, log_s.exp().expand(8, 5))
     z = q.rsample((3,))
     assert z.shape == (3, 8, 5)
     assert q.log_prob(z).shape == (3, 8)
@@ -205,3 +221,114 @@ def test_posterior_heads_and_output(reference_faithful: bool) -> None:
     assert kl.shape == (8,)
     kl.sum().backward()
     assert all(p.grad is not None for p in posterior.parameters())
+
+
+def test_reference_faithful_warns_at_construction(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="vae_experiments.distributions.rho"):
+        RhoPosterior(7, 5)
+        assert not caplog.records
+        RhoPosterior(7, 5, reference_faithful=True)
+    assert len(caplog.records) == 1
+    assert "NOT bounds" in caplog.records[0].getMessage()
+
+
+@pytest.mark.parametrize("cls", [AR1Normal, RandomWalkNormal])
+def test_rsample_and_log_prob_equals_log_prob_of_the_sample(cls: type[AR1Normal]) -> None:
+    """The one-pass log q (from the innovations eps) is ``log_prob`` at the sample, at moderate and extreme rho."""
+    d = 12
+    loc = torch.randn(4, d, dtype=torch.float64)
+    rho_logit = torch.tensor([-4.0, -0.3, 0.0, 3.8], dtype=torch.float64)  # |rho| up to 0.999
+    log_s = torch.tensor([-1.0, 0.0, 0.5, 2.0], dtype=torch.float64)
+    q = cls(loc, rho_logit, log_s)
+    torch.manual_seed(1)
+    z, log_q = q.rsample_and_log_prob((5,))
+    assert z.shape == (5, 4, d) and log_q.shape == (5, 4)
+    torch.testing.assert_close(log_q, q.log_prob(z), rtol=1e-9, atol=1e-8)
+    torch.manual_seed(1)
+    torch.testing.assert_close(q.rsample((5,)), z)
+
+
+# ---- the posterior inside the runner: every encoder, a flow prior, every objective, the paper's experiments ----
+
+
+def one_step(cfg: DictConfig, batch: int = 16) -> tuple[VAEModule, Tensor]:
+    """Build what the config describes and take one optimiser step on random data; returns the module and loss."""
+    _, module = build(cfg)
+    x = torch.rand(batch, *module.model.data_shape)
+    optimizer = module.configure_optimizers()
+    optimizer.zero_grad()
+    loss, _ = module.objective.loss(module.model, x, 0)
+    loss.backward()
+    grads = [p.grad for p in module.model.posterior.parameters()]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    optimizer.step()
+    assert torch.isfinite(loss)
+    return module, loss
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["encoder=mlp"],
+        ["encoder=conv", "decoder=conv"],
+        ["encoder=resnet", "decoder=resnet"],
+        ["encoder=rho_cnn", "decoder=rho_cnn", "posterior.head_hidden=8", "decoder.hidden=16"],
+    ],
+    ids=["mlp", "conv", "resnet", "rho_cnn"],
+)
+def test_rho_posterior_with_every_encoder(make_cfg: Callable[..., DictConfig], overrides: list[str]) -> None:
+    module, _ = one_step(make_cfg("posterior=rho", *overrides))
+    assert isinstance(module.model.posterior, RhoPosterior)
+    q = module.model.encode(torch.rand(3, *module.model.data_shape))
+    assert type(q) is AR1Normal
+
+
+def test_rho_posterior_with_a_flow_prior_uses_the_monte_carlo_kl(make_cfg: Callable[..., DictConfig]) -> None:
+    cfg = make_cfg("posterior=rho", "prior=af", "prior.steps=2", "prior.hidden_units=16")
+    module, _ = one_step(cfg)
+    model = module.model
+    x = torch.rand(5, *model.data_shape)
+    q = model.encode(x)
+    assert closed_form_kl(q, model.prior) is None
+    t = model.terms(x, k=3, q=q)
+    assert not t.analytic_kl
+    assert t.kl.shape == (3, 5)
+    assert torch.isfinite(t.kl).all()
+    torch.testing.assert_close(t.kl, t.log_qz - t.log_pz)
+    torch.testing.assert_close(t.log_qz, q.log_prob(t.z))
+
+
+@pytest.mark.parametrize("objective", ["elbo", "iwae", "soft_intro"])
+def test_rho_posterior_under_every_objective(make_cfg: Callable[..., DictConfig], objective: str) -> None:
+    if not (CONF / "objective" / f"{objective}.yaml").is_file():
+        pytest.skip(f"objective={objective} is not in this checkout")
+    cfg = make_cfg("posterior=rho", f"objective={objective}")
+    metrics = train(cfg)
+    assert math.isfinite(metrics["test/elbo"]) and math.isfinite(metrics["test/nll"])
+    assert metrics["test/valid_bound"] is True
+
+
+TINY_CNN = ["posterior.head_hidden=8", "encoder.channels=[4,8]", "decoder.hidden=16", "decoder.channels=[8,4]"]
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["experiment=rho_vae"],
+        ["experiment=rho_vae", "posterior=diagonal"],
+        ["experiment=rho_vae", "posterior.reference_faithful=true"],
+        ["experiment=rho_vae_cnn", *TINY_CNN],
+        ["experiment=rho_vae_cnn", "posterior=diagonal", *TINY_CNN],
+    ],
+    ids=["mlp-rho", "mlp-diagonal", "mlp-faithful", "cnn-rho", "cnn-diagonal"],
+)
+def test_rho_experiments_run_fast_dev_run(make_cfg: Callable[..., DictConfig], overrides: list[str]) -> None:
+    if not sources._debian_fashion_mnist():
+        pytest.skip(f"Debian package dataset-fashion-mnist absent ({sources.DEBIAN_FASHION_MNIST})")
+    cfg = make_cfg(*overrides, "debug=fast", "dataset.eval_batch_size=16", fast=False)
+    assert cfg.latent_dim == 10 and cfg.dataset.name == "fashion_mnist" and cfg.dataset.binarize == "none"
+    assert cfg.optimizer.lr == 1e-3 and cfg.dataset.batch_size == 128 and cfg.trainer.max_epochs == 15
+    faithful = bool(cfg.posterior.get("reference_faithful", False))
+    metrics = train(cfg)
+    assert math.isfinite(metrics["test/loss"]) and math.isfinite(metrics["test/elbo"])
+    assert metrics["test/valid_bound"] is not faithful

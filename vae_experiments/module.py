@@ -16,7 +16,7 @@ from vae_experiments.metrics.running import RunningMeans
 from vae_experiments.model import VAE, kl_per_dim, posterior_mean
 from vae_experiments.objectives.base import Objective, OptimizerFactory
 
-TEST_KEYS = ("elbo", "nll", "recon", "kl")
+TEST_KEYS = ("elbo", "nll", "recon", "kl", "loss")
 
 
 class VAEModule(L.LightningModule):
@@ -30,7 +30,9 @@ class VAEModule(L.LightningModule):
 
     Test: ``test/elbo``, ``test/recon``, ``test/kl`` (nats per example), ``test/nll`` (importance-sampled with
     ``nll_samples``), ``test/bpd`` (when the likelihood is a mass over the data's levels), ``test/active_units`` and
-    the KL per latent dimension. All are reduced with torchmetrics, so they are exact across DDP ranks.
+    the KL per latent dimension; ``test/loss``, the objective's training loss on the test set (automatic-optimisation
+    objectives); ``test/valid_bound``, false when a part declares ``valid_bound = False`` (a reference-faithful mode
+    whose ELBO / NLL are not bounds). All are reduced with torchmetrics, so they are exact across DDP ranks.
     """
 
     def __init__(
@@ -158,16 +160,20 @@ class VAEModule(L.LightningModule):
         values = {"elbo": recon - kl, "recon": -recon, "kl": kl, "nll": -log_px}
         for key, value in values.items():
             self.test_means[key].update(value)
+        if self.automatic_optimization:
+            loss = self.objective.loss(self.model, batch, self.global_step)[0]
+            self.test_means["loss"].update(loss, weight=batch.shape[0])
         self.diagnostics.update(posterior_mean(q), kl_per_dim(q, self.model.prior))
 
     def on_test_epoch_end(self) -> None:
-        logs = {f"test/{k}": m.compute() for k, m in self.test_means.items()}
+        logs = {f"test/{k}": m.compute() for k, m in self.test_means.items() if m.update_called}
         if self.report_bpd:
             logs["test/bpd"] = bits_per_dim(logs["test/nll"], self.dims)
         diag = self.diagnostics.compute()
         logs["test/active_units"] = diag["active_units"].float()
         self.log_dict(logs, sync_dist=True)  # already reduced by torchmetrics: the mean of equal values
-        self.test_extras = {"test/nll_samples": self.nll_samples}
+        valid = all(getattr(part, "valid_bound", True) for part in (*self.model.children(), self.objective))
+        self.test_extras = {"test/nll_samples": self.nll_samples, "test/valid_bound": valid}
         if "kl_per_dim" in diag:
             self.test_extras["test/kl_per_dim"] = [round(v, 6) for v in diag["kl_per_dim"].tolist()]
         self.test_extras["test/activity_per_dim"] = [round(v, 6) for v in diag["activity"].tolist()]

@@ -9,12 +9,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.distributions import Distribution, Independent, Normal
 
+from vae_experiments.nets.heads import output_heads
+
 
 class DiagonalGaussianPosterior(nn.Module):
     """A linear head ``h -> (mu, sigma)``; ``q = Independent(Normal(mu, sigma), 1)``.
 
     ``scale``: how the second head becomes sigma: ``exp`` reads it as log sigma^2 (Kingma & Welling), ``softplus``
-    as softplus(.) + ``min_var`` for the variance (SOS-VAE's parametrisation).
+    as softplus(.) + ``min_var`` for the variance (SOS-VAE's parametrisation). ``head_hidden``: null for one linear
+    head, or the width of a separate hidden layer (activation ``head_act``) in front of each of mu and sigma (see
+    ``BranchedHeads``; the rho-VAE authors' CNN-VAE).
     """
 
     def __init__(
@@ -23,6 +27,8 @@ class DiagonalGaussianPosterior(nn.Module):
         latent_dim: int,
         scale: Literal["exp", "softplus"] = "exp",
         min_var: float = 0.0,
+        head_hidden: int | None = None,
+        head_act: str = "elu",
     ) -> None:
         super().__init__()
         if scale not in ("exp", "softplus"):
@@ -30,7 +36,7 @@ class DiagonalGaussianPosterior(nn.Module):
         self.latent_dim = latent_dim
         self.scale = scale
         self.min_var = min_var
-        self.head = nn.Linear(in_features, 2 * latent_dim)
+        self.head = output_heads(in_features, [latent_dim, latent_dim], head_hidden, head_act)
 
     def forward(self, h: Tensor) -> Distribution:
         mu, a = self.head(h).float().chunk(2, dim=-1)

@@ -8,6 +8,7 @@ reproduces the authors' released code instead (REFERENCE.md 1.3), which is *not*
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 from typing import ClassVar
@@ -17,7 +18,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.distributions import Distribution, Independent, Normal, constraints
 from torch.distributions.kl import register_kl
+from torch.distributions.utils import lazy_property
 
+from vae_experiments.nets.heads import output_heads
+
+log = logging.getLogger(__name__)
 _LOG_2PI = math.log(2 * math.pi)
 
 
@@ -39,11 +44,13 @@ def ar1_filter(x: Tensor, rho: Tensor) -> Tensor:
     divides by rho.
     """
     a = rho.unsqueeze(-1)
-    offset = 1
-    while offset < x.shape[-1]:
-        x = torch.cat([x[..., :offset], x[..., offset:] + a * x[..., :-offset]], dim=-1)
-        a = a * a
+    offset, d = 1, x.shape[-1]
+    while offset < d:
+        # y_j += a y_{j-offset}, with zeros shifted in: 5 ops a step forward and back, the fewest found
+        x = x + F.pad(a * x[..., :-offset], (offset, 0))
         offset *= 2
+        if offset < d:
+            a = a * a
     return x
 
 
@@ -75,11 +82,11 @@ class AR1Normal(Distribution):
     def dim(self) -> int:
         return self.event_shape[0]
 
-    @property
+    @lazy_property
     def rho(self) -> Tensor:
         return torch.tanh(self.rho_logit)
 
-    @property
+    @lazy_property
     def log1m_rho_sq(self) -> Tensor:
         """log(1 - rho^2), computed from the pre-activation (see ``log1m_tanh_sq``)."""
         return log1m_tanh_sq(self.rho_logit)
@@ -103,16 +110,29 @@ class AR1Normal(Distribution):
         lag = (idx[:, None] - idx[None, :]).abs().to(self.loc.dtype)
         return self.log_s.exp()[..., None, None] * self.rho[..., None, None].pow(lag)
 
+    @lazy_property
+    def log_det(self) -> Tensor:
+        """log det(s T) = d log s + (d - 1) log(1 - rho^2); shared by log q, the entropy and the KL."""
+        return self.dim * self.log_s + (self.dim - 1) * self.log1m_rho_sq
+
     def _innovation_log_scales(self) -> Tensor:
         """log (sqrt(s), sqrt(s (1 - rho^2)), ..., sqrt(s (1 - rho^2))): stds of e_1 and of e_j, j >= 2."""
-        first = 0.5 * self.log_s.unsqueeze(-1)
-        rest = 0.5 * (self.log_s + self.log1m_rho_sq).unsqueeze(-1)
-        return torch.cat([first, rest.expand(*rest.shape[:-1], self.dim - 1)], dim=-1)
+        l1m = self.log1m_rho_sq.unsqueeze(-1)
+        return 0.5 * (self.log_s.unsqueeze(-1) + F.pad(l1m.expand(*l1m.shape[:-1], self.dim - 1), (1, 0)))
 
     def rsample(self, sample_shape: Sequence[int] = ()) -> Tensor:
         """z = mu + z~ with z~ the AR(1) chain above; shape (*sample_shape, B, d)."""
+        return self.rsample_and_log_prob(sample_shape)[0]
+
+    def rsample_and_log_prob(self, sample_shape: Sequence[int] = ()) -> tuple[Tensor, Tensor]:
+        """A sample and its log q in one pass: the standardised innovations of z are the eps that made it, so
+
+        log q(z) = -1/2 [ d log 2 pi + d log s + (d-1) log(1 - rho^2) + ||eps||^2 ]   (equal to ``log_prob(z)``).
+        """
         eps = torch.randn(self._extended_shape(sample_shape), dtype=self.loc.dtype, device=self.loc.device)
-        return self.loc + ar1_filter(self._innovation_log_scales().exp() * eps, self.rho)
+        z = self.loc + ar1_filter(self._innovation_log_scales().exp() * eps, self.rho)
+        log_q = -0.5 * (self.dim * _LOG_2PI + self.log_det + eps.pow(2).sum(-1))
+        return z, log_q
 
     def log_prob(self, value: Tensor) -> Tensor:
         """Innovation form, with r = z - mu, e_1 = r_1, e_j = r_j - rho r_{j-1}:
@@ -133,13 +153,11 @@ class AR1Normal(Distribution):
         # Multiply by exp(-log std) rather than divide by the std: as |rho| -> 1 the std of e_j underflows
         # and the quotient rule's std^-2 would overflow the gradient.
         innov = innov * (-self._innovation_log_scales()).exp()
-        d = self.dim
-        return -0.5 * (d * _LOG_2PI + d * self.log_s + (d - 1) * self.log1m_rho_sq + innov.pow(2).sum(-1))
+        return -0.5 * (self.dim * _LOG_2PI + self.log_det + innov.pow(2).sum(-1))
 
     def entropy(self) -> Tensor:
         """H = 1/2 [ d (1 + log 2 pi) + log det(s T) ],  det(s T) = s^d (1 - rho^2)^{d-1}."""
-        d = self.dim
-        return 0.5 * (d * (1 + _LOG_2PI) + d * self.log_s + (d - 1) * self.log1m_rho_sq)
+        return 0.5 * (self.dim * (1 + _LOG_2PI) + self.log_det)
 
 
 class RandomWalkNormal(AR1Normal):
@@ -159,6 +177,11 @@ class RandomWalkNormal(AR1Normal):
     def rsample(self, sample_shape: Sequence[int] = ()) -> Tensor:
         eps = torch.randn(self._extended_shape(sample_shape), dtype=self.loc.dtype, device=self.loc.device)
         return self.loc + ((0.5 * self.log_s).exp().unsqueeze(-1) * eps).cumsum(-1)
+
+    def rsample_and_log_prob(self, sample_shape: Sequence[int] = ()) -> tuple[Tensor, Tensor]:
+        """The random-walk sample and the AR(1) density at it (the inherited ``log_prob``, see above)."""
+        z = self.rsample(sample_shape)
+        return z, self.log_prob(z)
 
 
 def _is_standard_normal(p: Independent, event_shape: torch.Size) -> bool:
@@ -182,8 +205,7 @@ def _check_standard_normal(q: AR1Normal, p: Independent) -> None:
 def _kl_ar1_std_normal(q: AR1Normal, p: Independent) -> Tensor:
     """KL( N(mu, s T(rho)) || N(0, I) ) = 1/2 [ ||mu||^2 + d (s - 1 - log s) - (d - 1) log(1 - rho^2) ]."""
     _check_standard_normal(q, p)
-    d = q.dim
-    s_term = d * (q.log_s.exp() - 1 - q.log_s) - (d - 1) * q.log1m_rho_sq
+    s_term = q.dim * (q.log_s.exp() - 1) - q.log_det  # = d (s - 1 - log s) - (d - 1) log(1 - rho^2)
     return 0.5 * (q.loc.pow(2).sum(-1) + s_term)
 
 
@@ -197,32 +219,47 @@ def _kl_random_walk_std_normal(q: RandomWalkNormal, p: Independent) -> Tensor:
     The ||mu||^2 part is batch-summed, the s/rho part batch-averaged (down-weighted by B): not a KL.
     """
     _check_standard_normal(q, p)
-    d = q.dim
-    s_term = d * (q.log_s.exp() - 1 - q.log_s) - (d - 1) * q.log1m_rho_sq
+    s_term = q.dim * (q.log_s.exp() - 1) - q.log_det
     return 0.5 * (q.loc.pow(2).sum(-1) + s_term / q.batch_shape.numel())
 
 
 class RhoPosterior(nn.Module):
-    """Three linear heads from h: mu (d), the rho pre-activation a (1, rho = tanh a) and log s (1).
+    """Linear heads from h: mu (d), the rho pre-activation a (1, rho = tanh a) and log s (1).
+
+    ``head_hidden``: null for linear heads (one joint matmul), or the width of a separate hidden layer (activation
+    ``head_act``) in front of each of the three (the authors' CNN-VAE; see ``BranchedHeads``).
 
     ``reference_faithful=True`` returns a ``RandomWalkNormal``: the authors' random-walk sampler and
     batch-weighted KL (REFERENCE.md 1.3). That is NOT a valid bound and its ``log_prob`` is not the density of
-    its samples; it exists only to reproduce the paper's curves. The default is the correct AR(1) posterior.
+    its samples; it exists only to reproduce the paper's curves, and says so: a warning when built, and
+    ``valid_bound = False``, which the runner writes to the metrics (``test/valid_bound``). The default is the
+    correct AR(1) posterior.
     """
 
-    def __init__(self, in_features: int, latent_dim: int, reference_faithful: bool = False) -> None:
+    def __init__(
+        self,
+        in_features: int,
+        latent_dim: int,
+        reference_faithful: bool = False,
+        head_hidden: int | None = None,
+        head_act: str = "elu",
+    ) -> None:
         super().__init__()
         self.latent_dim = latent_dim
         self.reference_faithful = reference_faithful
-        self.mu_head = nn.Linear(in_features, latent_dim)
-        self.rho_head = nn.Linear(in_features, 1)
-        self.log_s_head = nn.Linear(in_features, 1)
+        self.valid_bound = not reference_faithful
+        self.head = output_heads(in_features, [latent_dim, 1, 1], head_hidden, head_act)
+        if reference_faithful:
+            log.warning(
+                "posterior.reference_faithful=true: the rho-VAE authors' random-walk sampler and batch-weighted KL. "
+                "The ELBO, loss and NLL of this run are NOT bounds on -log p(x); use them only beside the paper's "
+                "curves"
+            )
 
     def forward(self, h: Tensor) -> Distribution:
         cls = RandomWalkNormal if self.reference_faithful else AR1Normal
         dtype = torch.promote_types(h.dtype, torch.float32)  # out of autocast's half precision, float64 kept
-        return cls(
-            self.mu_head(h).to(dtype),
-            self.rho_head(h).to(dtype).squeeze(-1),
-            self.log_s_head(h).to(dtype).squeeze(-1),
-        )
+        loc, rho_logit, log_s = self.head(h).to(dtype).split([self.latent_dim, 1, 1], dim=-1)
+        # No argument validation: every real value is valid for the three heads (it would only catch NaN, which the
+        # runner reports as a non-finite loss), and it costs a dozen ops per step.
+        return cls(loc, rho_logit.squeeze(-1), log_s.squeeze(-1), validate_args=False)
