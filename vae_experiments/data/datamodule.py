@@ -130,6 +130,7 @@ class VAEDataModule(LightningDataModule):
         check_flags(pin_memory=pin_memory, on_device=on_device)
         if hflip and name == "toy2d":
             raise ConfigError("dataset.hflip mirrors images, toy2d has none: set dataset.hflip=false")
+        shape = [int(s) for s in shape]  # not Hydra's ListConfig: checkpoints must load with weights_only=True
         self.save_hyperparameters()
         self.name = name
         self.root = Path(root)
