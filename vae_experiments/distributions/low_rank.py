@@ -77,6 +77,7 @@ class LowRankGaussianLikelihood(nn.Module):
     """
 
     levels = None
+    factorized = False  # one joint density over all pixels: no pixel-by-pixel (autoregressive) decoder
 
     def __init__(
         self,
@@ -124,6 +125,14 @@ class LowRankGaussianLikelihood(nn.Module):
             diag = mean.new_full(mean.shape, self.min_diag)
         mvn = LowRankMultivariateNormal(mean, factor, diag)
         return LowRankImageNormal(mvn, torch.Size((c, h, w)), dtype)
+
+    def detach_spread(self, params: Tensor) -> Tensor:
+        """``params`` with the factor (and learned diagonal) channels cut from the graph: only the mean trains.
+
+        SOS-VAE's mean-only warm-up (``objective.mean_only_epochs``); the values, hence the density, are unchanged.
+        """
+        c = self._channels(params.shape[1])
+        return torch.cat([params[:, :c], params[:, c:].detach()], dim=1)
 
     @torch.no_grad()
     def init_output_layer(self, conv: nn.Conv2d) -> None:
