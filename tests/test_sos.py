@@ -126,7 +126,7 @@ def test_warmup_and_entropy_options_are_refused_where_they_cannot_work(make_cfg,
 
 def test_an_autoregressive_decoder_is_refused_with_the_low_rank_likelihood(make_cfg) -> None:
     cfg = make_cfg("dataset=synthetic", "dataset.shape=[1,8,8]", "likelihood=low_rank_gaussian", "decoder=pixelcnn")
-    with pytest.raises(ConfigError, match="one joint distribution over all pixels.*non-autoregressive decoder"):
+    with pytest.raises(ConfigError, match=r"one joint distribution over all pixels.*non-autoregressive decoder"):
         build(cfg)
 
 
@@ -158,11 +158,11 @@ def test_multiplier_survives_checkpoint_and_resume(make_cfg, tmp_path: Path) -> 
     whole = train(make_cfg(*tiny, "trainer.max_epochs=2", out=tmp_path / "whole"))
     train(make_cfg(*tiny, "trainer.max_epochs=1", out=tmp_path / "half"))
     ckpt = tmp_path / "half" / "checkpoints" / "last.ckpt"
-    half_lambda = torch.load(ckpt, weights_only=False)["state_dict"]["objective.lambda_kl"]
+    half_lambda = torch.load(ckpt, weights_only=True)["state_dict"]["objective.lambda_kl"]
     assert float(half_lambda) > 0
     resumed = train(make_cfg(*tiny, "trainer.max_epochs=2", f"ckpt_path={ckpt}", out=tmp_path / "resumed"))
     lambdas = [
-        torch.load(tmp_path / run / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]["objective.lambda_kl"]
+        torch.load(tmp_path / run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]["objective.lambda_kl"]
         for run in ("whole", "resumed")
     ]
     assert float(lambdas[0]) != float(half_lambda)

@@ -9,6 +9,7 @@ likelihood's ``num_params``; the likelihood initialises it (the low-rank Gaussia
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 from torch import Tensor, nn
@@ -81,7 +82,7 @@ class SOSResNetEncoder(nn.Module):
             nn.ReLU(inplace=True),
         ]
         layers += [ResidualBlock(channels[0], channels[0]) for _ in range(blocks)]
-        for c_in, c_out in zip(channels[:-1], channels[1:], strict=True):
+        for c_in, c_out in itertools.pairwise(channels):
             layers.append(ResidualBlock(c_in, c_out, stride=2))
             layers += [ResidualBlock(c_out, c_out) for _ in range(blocks - 1)]
         layers += [_conv1x1_bn_relu(channels[-1], channels[-1]), nn.AdaptiveMaxPool2d(1), nn.Flatten()]
