@@ -6,10 +6,13 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+import hydra
 import pytest
 import torch
 from torch.distributions import Independent, Normal, kl_divergence
 
+from scripts.sos_results import lag1_autocorr
+from vae_experiments.distributions.likelihoods import GaussianLikelihood
 from vae_experiments.errors import ConfigError
 from vae_experiments.model import VAE
 from vae_experiments.nets.sos_resnet import SOSResNetDecoder, SOSResNetEncoder
@@ -199,3 +202,19 @@ def test_the_likelihood_initialises_the_output_layer_to_a_stiff_half_grey(make_c
         px = model.decode(torch.randn(4, 3))
     torch.testing.assert_close(px.mean, torch.full_like(px.mean, 0.5), atol=1e-3, rtol=0)
     assert float(px.variance.max()) < 2e-5  # diag 1e-5 + a factor of ~1e-5-scale weights
+
+
+@pytest.mark.parametrize(("experiment", "extra"), [("sos_vae", ["~likelihood.rank"]), ("sos_vae_fmnist", ["~likelihood.diagonal"])])
+def test_the_diagonal_baseline_is_one_likelihood_override_away(compose_config, tmp_path, experiment, extra) -> None:
+    overrides = [f"experiment={experiment}", "likelihood=gaussian", "likelihood.sigma=per_pixel", *extra]
+    cfg = compose_config(overrides, tmp_path)
+    likelihood = hydra.utils.instantiate(cfg.likelihood)()
+    assert isinstance(likelihood, GaussianLikelihood) and likelihood.num_params(3) == 6
+    assert cfg.encoder._target_.endswith("SOSResNetEncoder") and cfg.objective._target_.endswith("ConstrainedKL")
+
+
+def test_residual_autocorrelation_is_zero_for_white_noise_and_the_overlap_for_a_box_filter() -> None:
+    white = torch.randn(400, 1, 16, 16)
+    assert abs(float(lag1_autocorr(white).mean())) < 0.02
+    box = torch.nn.functional.avg_pool2d(torch.randn(400, 1, 18, 18), 3, stride=1)  # neighbours share 6 of 9 inputs
+    assert float(lag1_autocorr(box).mean()) == pytest.approx(6 / 9, abs=0.03)
