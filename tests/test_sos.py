@@ -204,7 +204,9 @@ def test_the_likelihood_initialises_the_output_layer_to_a_stiff_half_grey(make_c
     assert float(px.variance.max()) < 2e-5  # diag 1e-5 + a factor of ~1e-5-scale weights
 
 
-@pytest.mark.parametrize(("experiment", "extra"), [("sos_vae", ["~likelihood.rank"]), ("sos_vae_fmnist", ["~likelihood.diagonal"])])
+@pytest.mark.parametrize(
+    ("experiment", "extra"), [("sos_vae", ["~likelihood.rank"]), ("sos_vae_fmnist", ["~likelihood.diagonal"])]
+)
 def test_the_diagonal_baseline_is_one_likelihood_override_away(compose_config, tmp_path, experiment, extra) -> None:
     overrides = [f"experiment={experiment}", "likelihood=gaussian", "likelihood.sigma=per_pixel", *extra]
     cfg = compose_config(overrides, tmp_path)
