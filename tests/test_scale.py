@@ -181,7 +181,7 @@ def test_ddp_on_cpu_writes_once_and_evaluates_exactly(tmp_path: Path, make_cfg) 
     result = run_subprocess(args)
     assert result.returncode == 0, result.stderr[-3000:]
     ddp = json.loads((run / "metrics.json").read_text())
-    assert sorted(p.name for p in run.glob("*.png")) == ["reconstructions.png", "samples.png"]
+    assert sorted(p.name for p in run.glob("*.png")) == ["reconstructions.png", "samples.png", "samples_drawn.png"]
     assert (run / "checkpoints" / "last.ckpt").is_file() and not list(run.glob("*rank*"))
     # the same weights and data, tested in one process
     overrides = "['trainer.devices=1','trainer.strategy=auto','trainer.enable_progress_bar=false']"

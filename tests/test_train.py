@@ -21,7 +21,8 @@ REPO = Path(CONFIG_DIR).parent
 
 def test_run_leaves_metrics_checkpoint_images_and_logs(make_cfg, tmp_path: Path) -> None:
     metrics = train(make_cfg("callbacks.image_grids.every_n_epochs=1"))
-    for name in ("metrics.json", "samples.png", "reconstructions.png", "checkpoints/last.ckpt", "csv/metrics.csv"):
+    files = ("metrics.json", "samples.png", "samples_drawn.png", "reconstructions.png", "checkpoints/last.ckpt")
+    for name in (*files, "csv/metrics.csv"):
         assert (tmp_path / name).is_file(), name
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert saved == json.loads(json.dumps(metrics))

@@ -11,11 +11,14 @@ from torchvision.utils import make_grid, save_image
 
 
 class ImageGrids(L.Callback):
-    """After each validation epoch (and after testing) write ``samples.png`` and ``reconstructions.png``.
+    """After each validation epoch (and after testing) write ``samples.png``, ``samples_drawn.png`` and
+    ``reconstructions.png``.
 
     Samples are z ~ p(z) decoded to the likelihood's mean (an autoregressive decoder draws pixel by pixel);
-    reconstructions put the first ``n`` validation images above their reconstructions from E_q[z]. Only images are
-    drawn; vector data (the 2-D toys) are skipped. Rank zero only.
+    ``samples_drawn.png`` holds draws x ~ p(x|z) for the same z (non-autoregressive decoders: what the observation
+    model adds to its mean, e.g. SOS-VAE's spatially coherent noise); reconstructions put the first ``n`` validation
+    images above their reconstructions from E_q[z]. Only images are drawn; vector data (the 2-D toys) are skipped.
+    Rank zero only.
     """
 
     def __init__(self, output_dir: str, n: int = 64, every_n_epochs: int = 1, sample_mean: bool = True) -> None:
@@ -40,7 +43,13 @@ class ImageGrids(L.Callback):
         was_training = model.training
         model.eval()
         with torch.no_grad():
-            samples = model.sample(self.n, mean=self.sample_mean).float().clamp(0, 1)
+            drawn = None
+            if model.autoregressive:
+                samples = model.sample(self.n, mean=self.sample_mean).float().clamp(0, 1)
+            else:
+                px = model.decode(model.prior.sample(self.n))
+                samples = (px.mean if self.sample_mean else px.sample()).float().clamp(0, 1)
+                drawn = px.sample().float().clamp(0, 1)
             x = self._first_batch(trainer, pl_module)
             recon = model.reconstruct(x).float().clamp(0, 1) if x is not None else None
         model.train(was_training)
@@ -48,6 +57,9 @@ class ImageGrids(L.Callback):
         nrow = max(1, int(self.n**0.5))
         grids = {"samples": make_grid(samples.cpu(), nrow=nrow)}
         save_image(grids["samples"], self.output_dir / "samples.png")
+        if drawn is not None:
+            grids["samples_drawn"] = make_grid(drawn.cpu(), nrow=nrow)
+            save_image(grids["samples_drawn"], self.output_dir / "samples_drawn.png")
         if recon is not None:
             pairs = torch.stack([x.float(), recon], 1).flatten(0, 1).cpu()  # original above its reconstruction
             grids["reconstructions"] = make_grid(pairs, nrow=2 * max(1, int((x.shape[0] / 2) ** 0.5)))
