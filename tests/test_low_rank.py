@@ -127,3 +127,12 @@ def test_hydra_config_builds_the_released_setting() -> None:
     lik = instantiate(OmegaConf.load(CONF / "likelihood" / "low_rank_gaussian.yaml"))()
     assert isinstance(lik, LowRankGaussianLikelihood)
     assert (lik.rank, lik.diagonal, lik.min_diag, lik.float64, lik.levels) == (5, "fixed", 1e-5, False, None)
+
+
+def test_diag_init_sets_the_learned_diagonal_at_the_start() -> None:
+    lik = LowRankGaussianLikelihood(rank=2, diagonal="learned", min_diag=1e-5, diag_init=0.01)
+    conv = torch.nn.Conv2d(4, lik.num_params(1), 1)
+    lik.init_output_layer(conv)
+    torch.testing.assert_close(F.softplus(conv.bias[3:]), torch.tensor([0.01]))
+    with pytest.raises(ValueError, match="diag_init"):
+        LowRankGaussianLikelihood(diag_init=0.0)

@@ -205,7 +205,8 @@ def test_the_likelihood_initialises_the_output_layer_to_a_stiff_half_grey(make_c
 
 
 @pytest.mark.parametrize(
-    ("experiment", "extra"), [("sos_vae", ["~likelihood.rank"]), ("sos_vae_fmnist", ["~likelihood.diagonal"])]
+    ("experiment", "extra"),
+    [("sos_vae", ["~likelihood.rank"]), ("sos_vae_fmnist", ["~likelihood.diagonal", "~likelihood.diag_init"])],
 )
 def test_the_diagonal_baseline_is_one_likelihood_override_away(compose_config, tmp_path, experiment, extra) -> None:
     overrides = [f"experiment={experiment}", "likelihood=gaussian", "likelihood.sigma=per_pixel", *extra]

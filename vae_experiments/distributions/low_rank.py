@@ -72,6 +72,8 @@ class LowRankGaussianLikelihood(nn.Module):
         ``C + r*C + c`` at pixel (h, w) is P[c*H*W + h*W + w, r];
       * only for ``diagonal="learned"``: C channels, d = softplus(.) + ``min_diag``.
     ``diagonal="fixed"`` (the released SOS-VAE model) uses the constant d = ``min_diag``.
+    ``diag_init``: the learned diagonal starts at softplus(softplus^-1(``diag_init``)) + ``min_diag`` (the bias of its
+    output channels; the authors' 1e-5 by default).
     ``float64``: build the distribution (capacitance, Cholesky, log-prob) in double precision
     (REFERENCE.md 2.8); outputs come back in the parameters' dtype.
     """
@@ -85,16 +87,20 @@ class LowRankGaussianLikelihood(nn.Module):
         diagonal: Literal["learned", "fixed"] = "fixed",
         min_diag: float = 1e-5,
         float64: bool = False,
+        diag_init: float = 1e-5,
     ) -> None:
         super().__init__()
         if diagonal not in ("learned", "fixed"):
             raise ValueError(f"likelihood.diagonal must be 'learned' or 'fixed', got {diagonal!r}")
+        if diag_init <= 0:
+            raise ValueError(f"likelihood.diag_init must be > 0, got {diag_init}")
         if rank < 1:
             raise ValueError(f"likelihood.rank must be at least 1, got {rank}")
         self.rank = rank
         self.diagonal = diagonal
         self.min_diag = min_diag
         self.float64 = float64
+        self.diag_init = diag_init
 
     @property
     def _params_per_channel(self) -> int:
@@ -138,8 +144,9 @@ class LowRankGaussianLikelihood(nn.Module):
     def init_output_layer(self, conv: nn.Conv2d) -> None:
         """SOS-VAE's "stabilize" initialisation of the decoder's final 1x1 conv (REFERENCE.md 2.2).
 
-        Mean and factor weights ~ N(0, 1e-5^2); mean bias 0.5, factor bias 0; diagonal bias softplus^-1(1e-5)
-        (learned diagonal only; its weights keep their initialisation). At init p(x|z) ~ N(0.5, ~1e-5 I).
+        Mean and factor weights ~ N(0, 1e-5^2); mean bias 0.5, factor bias 0; diagonal bias softplus^-1(``diag_init``),
+        the authors' softplus^-1(1e-5) ~ -11.5 by default (learned diagonal only; its weights keep their
+        initialisation). At init p(x|z) ~ N(0.5, ~diag_init I).
         The runner calls this on the decoder's last layer, whose output channels follow ``num_params``.
         """
         if conv.bias is None:
@@ -150,4 +157,4 @@ class LowRankGaussianLikelihood(nn.Module):
         conv.bias[:c] = 0.5
         conv.bias[c : c * (1 + self.rank)] = 0.0
         if self.diagonal == "learned":
-            conv.bias[c * (1 + self.rank) :] = math.log(math.expm1(1e-5))  # softplus^-1(1e-5) ~ -11.5
+            conv.bias[c * (1 + self.rank) :] = math.log(math.expm1(self.diag_init))  # softplus^-1
