@@ -64,6 +64,15 @@ class VAEModule(L.LightningModule):
         self._finite: Tensor | None = None
         self.channels_last = False
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        # Lightning sets _current_fx_name twice around every hook of every callback (~50 times a step here), and
+        # nn.Module.__setattr__ scans its parameter, buffer and module dicts each time: ~0.5 ms a step, 15% of a
+        # small MLP's step (BENCHMARKS.md, digits). A string is never a parameter, so set it directly.
+        if name == "_current_fx_name":
+            object.__setattr__(self, name, value)
+            return
+        super().__setattr__(name, value)
+
     def use_channels_last(self) -> None:
         """Hold the model's 4-D weights, and the images it encodes, in channels-last (NHWC) memory layout."""
         self.model.to(memory_format=torch.channels_last)
