@@ -42,7 +42,7 @@ class VAEModule(L.LightningModule):
         optimizer: OptimizerFactory,
         data_levels: int | None = None,
         nll_samples: int = 1000,
-        nll_max_rows: int = 16384,
+        nll_max_rows: int = 4096,
     ) -> None:
         super().__init__()
         self.model = model

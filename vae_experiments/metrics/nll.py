@@ -11,15 +11,15 @@ from vae_experiments.model import VAE
 
 
 @torch.inference_mode()
-def importance_sampled_log_likelihood(model: VAE, x: Tensor, k: int, max_rows: int = 16384) -> Tensor:
+def importance_sampled_log_likelihood(model: VAE, x: Tensor, k: int, max_rows: int = 4096) -> Tensor:
     """log p(x) ~= logsumexp_i [log p(x|z_i) + log p(z_i) - log q(z_i|x)] - log k, z_i ~ q(z|x); shape (B,).
 
     The k samples are drawn in chunks so that one decoder pass sees at most ``max_rows`` rows (chunk * B), and the
     chunks are combined with a running logsumexp: memory is bounded, the estimate is the same as in one pass.
     The encoder runs once per example; each chunk is one decoder pass and the likelihood's Distribution-free
     ``log_likelihood`` where it has one. ``max_rows`` is the memory budget: the decoder's output and its log-density
-    terms take ~3 x 4 bytes x ``max_rows`` x (values per example); 16,384 rows of 784 values (~150 MB) was the
-    fastest here, larger chunks fall out of cache (BENCHMARKS.md).
+    terms take ~3 x 4 bytes x ``max_rows`` x (values per example); 2,000-4,000 rows of 784 values (~10-40 MB) were
+    the fastest on an idle 2-core machine, 16,384 rows 1.5x slower: larger chunks fall out of cache (BENCHMARKS.md).
     The estimator is a stochastic lower bound on log p(x) whose gap shrinks as k grows (it is the IWAE bound L_k).
     """
     if k < 1:
