@@ -72,8 +72,8 @@ class LowRankGaussianLikelihood(nn.Module):
         ``C + r*C + c`` at pixel (h, w) is P[c*H*W + h*W + w, r];
       * only for ``diagonal="learned"``: C channels, d = softplus(.) + ``min_diag``.
     ``diagonal="fixed"`` (the released SOS-VAE model) uses the constant d = ``min_diag``.
-    ``diag_init``: the learned diagonal starts at softplus(softplus^-1(``diag_init``)) + ``min_diag`` (the bias of its
-    output channels; the authors' 1e-5 by default).
+    ``diag_init``: the learned diagonal starts at ``diag_init`` + ``min_diag`` (through the bias of its output
+    channels, up to what the weights add; the authors' 1e-5 by default).
     ``float64``: build the distribution (capacitance, Cholesky, log-prob) in double precision
     (REFERENCE.md 2.8); outputs come back in the parameters' dtype.
     """
