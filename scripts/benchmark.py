@@ -16,6 +16,7 @@ import platform
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -81,7 +82,21 @@ def machine() -> dict[str, Any]:
         "cuda_device": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
         "git_commit": commit,
         "load_average_start": os.getloadavg(),
+        "matmul_gflops": matmul_gflops(),
     }
+
+
+def matmul_gflops(n: int = 2048, repeats: int = 7) -> float:
+    """The CPU's current fp32 matmul speed (median of ``repeats`` n^3 products): this kind of machine's speed drifts
+    by 1.3x over hours (BENCHMARKS.md), so every JSON carries its own yardstick."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - start)
+    return 2 * n**3 / median(times) / 1e9
 
 
 def test_images(datamodule: Any, n: int, device: torch.device) -> torch.Tensor:
