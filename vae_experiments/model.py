@@ -92,6 +92,13 @@ class VAE(nn.Module):
         # set by VAEModule.use_channels_last (trainer=gpu with convolutional nets): images are encoded as NHWC
         self.channels_last = False
 
+    def compile_networks(self) -> None:
+        """torch.compile the encoder and the decoder, the parts that hold the FLOPs. The VAE itself has no forward
+        (objectives call ``terms``), so compiling it would compile nothing; posteriors, priors and likelihoods stay
+        eager, as they return Distribution objects, on which dynamo breaks the graph."""
+        self.encoder.compile()
+        self.decoder.compile()
+
     @property
     def autoregressive(self) -> bool:
         return bool(getattr(self.decoder, "autoregressive", False))

@@ -110,7 +110,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         if wants_channels_last(cfg.get("channels_last", False), trainer.strategy.root_device, module.model):
             module.use_channels_last()
         if cfg.get("compile"):
-            module.model.compile()
+            module.model.compile_networks()
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
         # the last validation epoch's metrics; trainer.test() replaces callback_metrics
         metrics: dict[str, Any] = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}

@@ -129,7 +129,7 @@ def fresh(module: VAEModule, compile_model: bool, channels_last: bool) -> VAEMod
     if channels_last:
         out.use_channels_last()
     if compile_model:
-        out.model.compile()
+        out.model.compile_networks()
     return out
 
 
