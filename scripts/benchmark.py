@@ -16,7 +16,6 @@ import platform
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from vae_experiments.bench.nll_speed import nll_speed, sampling_speed
-from vae_experiments.bench.timing import median, peak_memory_mib
+from vae_experiments.bench.timing import matmul_gflops, median, peak_memory_mib
 from vae_experiments.bench.train_speed import compare, quiet_lightning, take_batches
 from vae_experiments.runtime import configure_runtime
 from vae_experiments.train import CONFIG_DIR, build
@@ -84,19 +83,6 @@ def machine() -> dict[str, Any]:
         "load_average_start": os.getloadavg(),
         "matmul_gflops": matmul_gflops(),
     }
-
-
-def matmul_gflops(n: int = 2048, repeats: int = 7) -> float:
-    """The CPU's current fp32 matmul speed (median of ``repeats`` n^3 products): this kind of machine's speed drifts
-    by 1.3x over hours (BENCHMARKS.md), so every JSON carries its own yardstick."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        a @ b
-        times.append(time.perf_counter() - start)
-    return 2 * n**3 / median(times) / 1e9
 
 
 def test_images(datamodule: Any, n: int, device: torch.device) -> torch.Tensor:

@@ -66,3 +66,16 @@ class StepClock(L.Callback):
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, i: int) -> None:
         self.stamps.append(stamp(pl_module.device))
+
+
+def matmul_gflops(n: int = 2048, repeats: int = 7) -> float:
+    """The CPU's current fp32 matmul speed (median of ``repeats`` n^3 products): this kind of machine's speed drifts
+    by 1.3x over hours (BENCHMARKS.md), so every JSON carries its own yardstick."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - start)
+    return 2 * n**3 / statistics.median(times) / 1e9
