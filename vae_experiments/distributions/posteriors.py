@@ -45,4 +45,5 @@ class DiagonalGaussianPosterior(nn.Module):
         else:
             var = a.exp() if self.scale == "exp" else F.softplus(a)
             std = (var + self.min_var).sqrt()
-        return Independent(Normal(mu, std), 1)
+        # no validation: any real mu and positive std is valid, and the check is a host read (a GPU wait) each step
+        return Independent(Normal(mu, std, validate_args=False), 1)

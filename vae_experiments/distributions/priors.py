@@ -9,6 +9,15 @@ from torch import Tensor, nn
 from torch.distributions import Distribution, Independent, Normal
 
 
+class StandardNormal(Independent):
+    """N(0, I_d) as an ``Independent(Normal(0, 1), 1)`` whose type says so: a closed-form KL registered against it
+    needs no look at its parameters (which, on a GPU, would wait for the device every step)."""
+
+    def __init__(self, zero: Tensor, latent_dim: int) -> None:
+        loc = zero.expand(latent_dim)
+        super().__init__(Normal(loc, torch.ones_like(loc), validate_args=False), 1, validate_args=False)
+
+
 class StandardNormalPrior(nn.Module):
     """p(z) = N(0, I_d); exposes ``distribution()`` so closed-form KLs apply."""
 
@@ -19,8 +28,7 @@ class StandardNormalPrior(nn.Module):
         self.register_buffer("_zero", torch.zeros(()), persistent=False)
 
     def distribution(self) -> Distribution:
-        loc = self._zero.expand(self.latent_dim)
-        return Independent(Normal(loc, torch.ones_like(loc)), 1)
+        return StandardNormal(self._zero, self.latent_dim)
 
     def log_prob(self, z: Tensor) -> Tensor:
         return -0.5 * (z.pow(2).sum(-1) + self.latent_dim * math.log(2 * math.pi))

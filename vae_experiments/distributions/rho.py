@@ -17,9 +17,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.distributions import Distribution, Independent, Normal, constraints
-from torch.distributions.kl import register_kl
+from torch.distributions.kl import kl_divergence, register_kl
 from torch.distributions.utils import lazy_property
 
+from vae_experiments.distributions.priors import StandardNormal
 from vae_experiments.nets.heads import output_heads
 
 log = logging.getLogger(__name__)
@@ -195,22 +196,17 @@ def _is_standard_normal(p: Independent, event_shape: torch.Size) -> bool:
     )
 
 
-def _check_standard_normal(q: AR1Normal, p: Independent) -> None:
-    if not _is_standard_normal(p, q.event_shape):
-        # The registry dispatches on types only; anything but N(0, I) goes to the Monte-Carlo KL.
-        raise NotImplementedError("closed-form KL of an AR1Normal is only known against N(0, I)")
-
-
-@register_kl(AR1Normal, Independent)
-def _kl_ar1_std_normal(q: AR1Normal, p: Independent) -> Tensor:
+@register_kl(AR1Normal, StandardNormal)
+def _kl_ar1_std_normal(q: AR1Normal, p: StandardNormal) -> Tensor:
     """KL( N(mu, s T(rho)) || N(0, I) ) = 1/2 [ ||mu||^2 + d (s - 1 - log s) - (d - 1) log(1 - rho^2) ]."""
-    _check_standard_normal(q, p)
+    if p.event_shape != q.event_shape:
+        raise ValueError(f"KL between an AR1Normal of {q.event_shape} and N(0, I) of {p.event_shape}")
     s_term = q.dim * (q.log_s.exp() - 1) - q.log_det  # = d (s - 1 - log s) - (d - 1) log(1 - rho^2)
     return 0.5 * (q.loc.pow(2).sum(-1) + s_term)
 
 
-@register_kl(RandomWalkNormal, Independent)
-def _kl_random_walk_std_normal(q: RandomWalkNormal, p: Independent) -> Tensor:
+@register_kl(RandomWalkNormal, StandardNormal)
+def _kl_random_walk_std_normal(q: RandomWalkNormal, p: StandardNormal) -> Tensor:
     """The reference code's KL, per example, so that the sum over a batch of B examples equals
 
         mean_i 1/2 [ sum_batch ||mu||^2 + d (s_i - 1 - log s_i) - (d - 1) log(1 - rho_i^2) ]
@@ -218,9 +214,20 @@ def _kl_random_walk_std_normal(q: RandomWalkNormal, p: Independent) -> Tensor:
 
     The ||mu||^2 part is batch-summed, the s/rho part batch-averaged (down-weighted by B): not a KL.
     """
-    _check_standard_normal(q, p)
+    if p.event_shape != q.event_shape:
+        raise ValueError(f"KL between an AR1Normal of {q.event_shape} and N(0, I) of {p.event_shape}")
     s_term = q.dim * (q.log_s.exp() - 1) - q.log_det
     return 0.5 * (q.loc.pow(2).sum(-1) + s_term / q.batch_shape.numel())
+
+
+@register_kl(AR1Normal, Independent)
+def _kl_ar1_independent(q: AR1Normal, p: Independent) -> Tensor:
+    """Any other ``Independent``: the closed form when its values are those of N(0, I) (a host read: priors give
+    ``StandardNormal``, which dispatches above without it), else ``NotImplementedError`` (the Monte-Carlo KL)."""
+    if not _is_standard_normal(p, q.event_shape):
+        raise NotImplementedError("closed-form KL of an AR1Normal is only known against N(0, I)")
+    standard = StandardNormal(p.base_dist.loc.new_zeros(()), q.dim)
+    return kl_divergence(q, standard)
 
 
 class RhoPosterior(nn.Module):

@@ -121,19 +121,19 @@ class SoftFreeBits(ELBO):
             raise ValueError(f"objective.rate must be in (0, 1) and threshold >= 0, got {rate}, {threshold}")
         self.threshold, self.rate = threshold, rate
         self.register_buffer("gamma", torch.tensor(float(gamma_init)))
-        self._last_kl: float | None = None
+        self._last_kl: Tensor | None = None
 
     def kl_term(self, model: VAE, q: Distribution, kl: Tensor, step: int) -> Tensor:
-        self._last_kl = float(kl.detach().mean())
+        self._last_kl = kl.detach().mean()
         return self.gamma * kl.mean()
 
-    def update_gamma(self, kl: float) -> None:
-        """One step of the adaptive rule above, from the batch-mean KL in nats."""
+    def update_gamma(self, kl: Tensor | float) -> None:
+        """One step of the adaptive rule above, from the batch-mean KL in nats; on the device, with no host read."""
         lam = float(self.free_bits)
-        if kl > lam * (1 + self.threshold):
-            self.gamma.fill_(min(1.0, float(self.gamma) * (1 + self.rate)))
-        elif kl < lam:
-            self.gamma.mul_(1 - self.rate)
+        kl = torch.as_tensor(kl, dtype=self.gamma.dtype, device=self.gamma.device)
+        grown = (self.gamma * (1 + self.rate)).clamp(max=1.0)
+        shrunk = self.gamma * (1 - self.rate)
+        self.gamma.copy_(torch.where(kl > lam * (1 + self.threshold), grown, torch.where(kl < lam, shrunk, self.gamma)))
 
     def loss(self, model: VAE, x: Tensor, step: int) -> tuple[Tensor, dict[str, Tensor]]:
         loss, logs = super().loss(model, x, step)
