@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import lightning as L
@@ -26,7 +27,8 @@ class VAEModule(L.LightningModule):
     as ``train/<name>_step``; at the end of the epoch the batch-weighted means are logged as ``train/<name>`` (synced
     across ranks; ``loss`` and ``elbo`` on the progress bar). In between nothing waits for the device: the means
     accumulate where they are computed, and a non-finite loss on a GPU is caught at the next logging step, at the end
-    of the epoch, or before any checkpoint is written (on the CPU, where the check costs nothing, at once).
+    of the epoch, or before any checkpoint is written (on the CPU, where the check costs nothing, at once); until then a
+    fused optimiser skips the non-finite updates on the device (``check_finite``).
 
     Test: ``test/elbo``, ``test/recon``, ``test/kl`` (nats per example), ``test/nll`` (importance-sampled with
     ``nll_samples``), ``test/bpd`` (when the likelihood is a mass over the data's levels), ``test/active_units`` and
@@ -62,6 +64,7 @@ class VAEModule(L.LightningModule):
         self.train_means = RunningMeans()
         self._train_batches = 0
         self._finite: Tensor | None = None
+        self.read_values_eagerly: bool | None = None
         self.channels_last = False
 
     def __setattr__(self, name: str, value: Any) -> None:
@@ -121,21 +124,43 @@ class VAEModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._raise_if_not_finite()
 
-    def _check_finite(self, loss: Tensor) -> None:
+    def reads_values_eagerly(self) -> bool:
+        """Whether reading a tensor's value on the host is free here: on the CPU it is, on a GPU it waits for the
+        queued work (``read_values_eagerly`` overrides the device's answer; the tests use it to run the GPU path)."""
+        return self.device.type == "cpu" if self.read_values_eagerly is None else self.read_values_eagerly
+
+    def check_finite(
+        self, loss: Tensor, *optimizers: torch.optim.Optimizer, detail: Callable[[], str] | None = None
+    ) -> None:
+        """Stop on a non-finite training loss without losing work; call before ``optimizers`` apply ``loss``.
+
+        Where reads are free (``reads_values_eagerly``) a non-finite loss raises at once, before the update;
+        ``detail()`` adds to the message. Elsewhere the verdict stays on the device: it accumulates until the next
+        logging step, the end of the epoch or a checkpoint, which raise, and meanwhile each of ``optimizers`` that can
+        skip a step on the device (torch's fused Adam, AdamW, SGD: the ``found_inf`` flag of AMP's GradScaler) skips
+        this update and every later one. Others apply them; the last checkpoint keeps the last good weights either way.
+        """
         finite = torch.isfinite(loss.detach())
-        if finite.device.type == "cpu":
-            self._finite = finite
-            self._raise_if_not_finite()
-        else:  # reading it would wait for the GPU: keep the verdict on the device until the next check
-            self._finite = finite if self._finite is None else self._finite & finite
+        if self.reads_values_eagerly():
+            if not bool(finite):
+                raise FloatingPointError(self._non_finite_message(detail() if detail is not None else ""))
+            return
+        self._finite = finite if self._finite is None else self._finite & finite
+        skip = (~self._finite).float()
+        for optimizer in optimizers:
+            if getattr(optimizer, "_step_supports_amp_scaling", False):
+                optimizer.found_inf = skip
 
     def _raise_if_not_finite(self) -> None:
         if self._finite is not None and not bool(self._finite):
             self._finite = None
-            raise FloatingPointError(
-                f"non-finite training loss by step {self.global_step}; the last good checkpoint is kept "
-                "(lower the learning rate, or add gradient clipping: trainer.gradient_clip_val=1.0)"
-            )
+            raise FloatingPointError(self._non_finite_message(""))
+
+    def _non_finite_message(self, detail: str) -> str:
+        return (
+            f"non-finite training loss by step {self.global_step}{detail}; the last good checkpoint is kept "
+            f"({self.objective.non_finite_advice})"
+        )
 
     def configure_optimizers(self) -> Any:
         return self.objective.configure_optimizers(self.model, self.optimizer_factory)
@@ -143,10 +168,12 @@ class VAEModule(L.LightningModule):
     def training_step(self, batch: Tensor, batch_idx: int) -> Tensor | None:
         out = self.objective.training_step(self, batch)
         if out is not None:
-            self._check_finite(out)
+            self.check_finite(out, *self.trainer.optimizers)
         return out
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        for optimizer in self.trainer.optimizers:
+            optimizer.__dict__.pop("found_inf", None)  # set by check_finite for this batch's steps only
         self.objective.on_train_batch_end(self)
 
     def validation_step(self, batch: Tensor, batch_idx: int) -> None:

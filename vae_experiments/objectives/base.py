@@ -27,6 +27,8 @@ class Objective(nn.Module):
     """Base class. Subclasses implement ``loss`` (automatic optimisation) or override ``training_step``."""
 
     automatic_optimization: bool = True
+    # the fix the runner suggests when this objective's training loss turns non-finite
+    non_finite_advice: str = "lower the learning rate, or add gradient clipping: trainer.gradient_clip_val=1.0"
 
     def weight(self, value: float | Schedule, step: int) -> float:
         """A scalar hyper-parameter at ``step``: a constant, or a schedule from ``conf/schedule``."""

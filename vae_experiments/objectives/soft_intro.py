@@ -105,10 +105,13 @@ class SoftIntroVAE(Objective):
 
     ``beta_rec``, ``beta_kl``, ``beta_neg``, ``gamma_r`` may each be a schedule (of the iteration count, kept in the
     ``iteration`` buffer so a resumed run continues it). ``recon_offset``: nats per data value subtracted from
-    -log p(x|z) (see the module docstring). A non-finite loss stops the run before its update is applied.
+    -log p(x|z) (see the module docstring). A non-finite loss stops the run without its update being applied
+    (``VAEModule.check_finite``: at once on the CPU; on a GPU the fused Adam skips it on the device and the run stops
+    at the next check).
     """
 
     automatic_optimization = False
+    non_finite_advice = "lower objective.beta_neg or the learning rate"
 
     def __init__(
         self,
@@ -129,6 +132,14 @@ class SoftIntroVAE(Objective):
         self.vae_epochs = vae_epochs
         self.recon_offset = recon_offset
         self.register_buffer("iteration", torch.zeros((), dtype=torch.long))
+        # the buffer's value on the host, read once per fit and after each load: a read per step would wait for a GPU
+        self._iteration: int | None = None
+        self.register_load_state_dict_post_hook(lambda module, _: setattr(module, "_iteration", None))
+
+    def current_iteration(self) -> int:
+        if self._iteration is None:
+            self._iteration = int(self.iteration)
+        return self._iteration
 
     def check(self, model: VAE, datamodule: Any) -> None:
         if model.autoregressive:
@@ -213,10 +224,11 @@ class SoftIntroVAE(Objective):
     def training_step(self, module: VAEModule, x: Tensor) -> None:
         model = module.model
         opt_e, opt_d = module.optimizers()
-        w = self.weights(model, int(self.iteration))
+        step = self.current_iteration()
+        w = self.weights(model, step)
         if module.current_epoch < self.vae_epochs:
             loss, logs = self.vae_loss(model, x, w)
-            self.stop_if_not_finite(module, "warm-up VAE", loss, logs)
+            self.stop_if_not_finite(module, "warm-up VAE", step, loss, logs, opt_e, opt_d)
             opt_e.zero_grad()
             opt_d.zero_grad()
             module.manual_backward(loss)
@@ -226,27 +238,33 @@ class SoftIntroVAE(Objective):
             eps = model.prior.sample(x.shape[0]).detach()  # shared by both steps
             with frozen(decoder_side(model)):
                 loss_e, z_x, logs = self.encoder_loss(model, x, eps, w)
-                self.stop_if_not_finite(module, "encoder", loss_e, logs)
+                self.stop_if_not_finite(module, "encoder", step, loss_e, logs, opt_e)
                 opt_e.zero_grad()
                 module.manual_backward(loss_e)
                 opt_e.step()
             with frozen(encoder_side(model)):
                 loss_d, logs["loss_d"] = self.decoder_loss(model, x, eps, z_x.detach(), w)
-                self.stop_if_not_finite(module, "decoder", loss_d, logs)
+                self.stop_if_not_finite(module, "decoder", step, loss_d, logs, opt_d)
                 opt_d.zero_grad()
                 module.manual_backward(loss_d)
                 opt_d.step()
         self.iteration += 1
+        self._iteration = step + 1
         logs.update({"beta_neg": torch.tensor(w.neg), "beta_kl": torch.tensor(w.kl), "beta_rec": torch.tensor(w.rec)})
         module.log_metrics("train", logs, batch_size=x.shape[0])
 
-    def stop_if_not_finite(self, module: VAEModule, phase: str, loss: Tensor, logs: dict[str, Tensor]) -> None:
-        """Raise before the update, so the weights (and the last checkpoint) stay those of the last good step."""
-        if torch.isfinite(loss).item():
-            return
-        signals = ", ".join(f"{k}={v.item():.4g}" for k, v in logs.items())
-        raise FloatingPointError(
-            f"soft_intro: non-finite {phase} loss at iteration {int(self.iteration)} (epoch {module.current_epoch}); "
-            f"the update was not applied and the last good checkpoint is kept ({signals}); "
-            "lower objective.beta_neg or the learning rate"
-        )
+    def stop_if_not_finite(
+        self, module: VAEModule, phase: str, step: int, loss: Tensor, logs: dict[str, Tensor], *optimizers: Any
+    ) -> None:
+        """Before the update: on the CPU a non-finite loss raises here, naming the phase and the health signals; on
+        a GPU the verdict stays on the device and the fused Adam skips the update (``VAEModule.check_finite``)."""
+
+        def detail() -> str:
+            signals = ", ".join(f"{k}={v.item():.4g}" for k, v in logs.items())
+            return (
+                f" (soft_intro: non-finite {phase} loss at iteration {step}, epoch {module.current_epoch}; "
+                f"the update was not applied; {signals})"
+            )
+
+        # Lightning hands out LightningOptimizer wrappers; the skip flag goes on the torch optimiser inside
+        module.check_finite(loss, *(getattr(opt, "optimizer", opt) for opt in optimizers), detail=detail)
