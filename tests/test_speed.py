@@ -156,7 +156,9 @@ def test_configure_runtime_makes_the_cuda_check_cheap_without_a_gpu(monkeypatch)
     assert os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] == expected
 
 
-def test_benchmark_script_writes_json(tmp_path: Path) -> None:
+@pytest.mark.parametrize("objective", ["elbo", "soft_intro"])
+def test_benchmark_script_writes_json(tmp_path: Path, objective: str) -> None:
+    """Also for an objective with its own training step, which the plain loop drives through ``PlainDriver``."""
     from scripts.benchmark import main
 
     out = tmp_path / "b.json"
@@ -165,6 +167,7 @@ def test_benchmark_script_writes_json(tmp_path: Path) -> None:
             "dataset=synthetic",
             "dataset.shape=[1,8,8]",
             "likelihood=gaussian",
+            f"objective={objective}",
             "--steps=2",
             "--warmup=1",
             "--rounds=1",

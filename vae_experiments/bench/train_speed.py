@@ -75,6 +75,9 @@ class PlainDriver:
     def log_metrics(self, stage: str, logs: dict[str, Tensor], batch_size: int) -> None:
         """Plain loops do not log."""
 
+    def check_finite(self, loss: Tensor, *optimizers: Optimizer, detail: Any = None) -> None:
+        """Plain loops do not guard against a non-finite loss."""
+
 
 def plain_step_times(
     module: VAEModule, batches: list[Tensor], precision: str, clip: float | None
