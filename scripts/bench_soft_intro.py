@@ -20,34 +20,16 @@ from functools import partial
 from pathlib import Path
 
 import torch
-from torch import Tensor
 
+from vae_experiments.bench.train_speed import PlainDriver
 from vae_experiments.distributions.likelihoods import GaussianLikelihood
 from vae_experiments.distributions.posteriors import DiagonalGaussianPosterior
 from vae_experiments.distributions.priors import StandardNormalPrior
-from vae_experiments.model import VAE, build_model
+from vae_experiments.model import build_model
 from vae_experiments.nets.intro import IntroDecoder, IntroEncoder
 from vae_experiments.objectives.soft_intro import SoftIntroVAE
 
 ARCHS = {"cifar10": ((3, 32, 32), (64, 128, 256), 128), "fmnist": ((1, 28, 28), (64, 128), 32)}
-
-
-class Harness:
-    """The three things ``training_step`` needs from a LightningModule."""
-
-    def __init__(self, model: VAE, objective: SoftIntroVAE, lr: float) -> None:
-        self.model = model
-        self.current_epoch = 0
-        self.opts = objective.configure_optimizers(model, partial(torch.optim.Adam, lr=lr))
-
-    def optimizers(self) -> list[torch.optim.Optimizer]:
-        return self.opts
-
-    def manual_backward(self, loss: Tensor) -> None:
-        loss.backward()
-
-    def log_metrics(self, stage: str, logs: dict[str, Tensor], batch_size: int) -> None:
-        pass
 
 
 def main() -> None:
@@ -74,7 +56,7 @@ def main() -> None:
     }
     model = build_model(parts, shape, latent)
     objective = SoftIntroVAE(beta_neg=256.0, recon_offset=0.5 * math.log(math.pi))
-    harness = Harness(model, objective, lr=2e-4)
+    harness = PlainDriver(model, objective.configure_optimizers(model, partial(torch.optim.Adam, lr=2e-4)))
     x = torch.rand(args.batch, *shape)
     times = []
     for i in range(args.warmup + args.steps):
