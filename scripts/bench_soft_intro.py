@@ -40,6 +40,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--channels-last", type=int, choices=(0, 1), default=1)
+    parser.add_argument("--bf16", type=int, choices=(0, 1), default=0, help="bf16 autocast (AMX on this CPU)")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
 
@@ -61,7 +62,8 @@ def main() -> None:
     times = []
     for i in range(args.warmup + args.steps):
         start = time.perf_counter()
-        objective.training_step(harness, x)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bool(args.bf16)):
+            objective.training_step(harness, x)
         if i >= args.warmup:
             times.append(time.perf_counter() - start)
     median = statistics.median(times)
@@ -69,6 +71,7 @@ def main() -> None:
         "workload": f"soft_intro {args.arch} channels {list(channels)} z {latent} B {args.batch}",
         "threads": args.threads,
         "channels_last": cl,
+        "precision": "bf16 autocast" if args.bf16 else "fp32",
         "median_step_s": round(median, 4),
         "images_per_s": round(args.batch / median, 2),
         "steps_timed": args.steps,

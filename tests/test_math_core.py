@@ -98,8 +98,12 @@ class _ExactGaussianPosterior(nn.Module):
         return torch.distributions.Independent(Normal(mu, self.var.sqrt().expand_as(mu)), 1)
 
 
-def _linear_gaussian_vae(d: int = 2, D: int = 4, sigma: float = 0.5) -> tuple[VAE, torch.Tensor, torch.Tensor]:
-    """p(z) = N(0, I), p(x|z) = N(W z + b, sigma^2 I): the marginal is N(b, W W^T + sigma^2 I) in closed form."""
+def _linear_gaussian_vae(
+    d: int = 2, D: int = 4, sigma: float = 0.5, dtype: torch.dtype = torch.float64
+) -> tuple[VAE, torch.Tensor, torch.Tensor]:
+    """p(z) = N(0, I), p(x|z) = N(W z + b, sigma^2 I): the marginal is N(b, W W^T + sigma^2 I) in closed form.
+
+    Built in float64; ``dtype`` is the precision of the model returned (W and b are returned in float64)."""
     g = torch.Generator().manual_seed(3)
     w = torch.randn(D, d, generator=g, dtype=torch.float64)
     b = torch.randn(D, generator=g, dtype=torch.float64)
@@ -115,14 +119,14 @@ def _linear_gaussian_vae(d: int = 2, D: int = 4, sigma: float = 0.5) -> tuple[VA
     lik = GaussianLikelihood(sigma="fixed", sigma_init=sigma).double()
     model = VAE(
         encoder=nn.Identity(),
-        posterior=_ExactGaussianPosterior(a, -a @ b, var),
+        posterior=_ExactGaussianPosterior(a.to(dtype), (-a @ b).to(dtype), var.to(dtype)),
         prior=StandardNormalPrior(d).double(),
         decoder=_Linear(decoder),
         likelihood=lik,
         data_shape=(D,),
         latent_dim=d,
     )
-    return model, w, b
+    return model.to(dtype), w, b
 
 
 def test_importance_sampled_nll_matches_exact_marginal() -> None:
