@@ -120,7 +120,8 @@ def run(args: argparse.Namespace, overrides: list[str]) -> dict[str, Any]:
             k = args.nll_k or cfg.eval.nll_samples
             images = test_images(datamodule, args.nll_images, device)
             batch = datamodule.eval_batch_size
-            result["nll"] = nll_speed(model, images, k, cfg.eval.nll_max_rows, batch, args.nll_loop_images)
+            precision = str(cfg.trainer.get("precision", "32-true"))
+            result["nll"] = nll_speed(model, images, k, cfg.eval.nll_max_rows, batch, args.nll_loop_images, precision)
         if not model.autoregressive or args.sample_n <= 16:
             result["sampling"] = sampling_speed(model, args.sample_n)
         result["peak_memory"] = peak_memory_mib(device)

@@ -156,9 +156,10 @@ def test_configure_runtime_makes_the_cuda_check_cheap_without_a_gpu(monkeypatch)
     assert os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] == expected
 
 
-@pytest.mark.parametrize("objective", ["elbo", "soft_intro"])
-def test_benchmark_script_writes_json(tmp_path: Path, objective: str) -> None:
-    """Also for an objective with its own training step, which the plain loop drives through ``PlainDriver``."""
+@pytest.mark.parametrize("override", ["objective=elbo", "objective=soft_intro", "trainer=cpu_bf16"])
+def test_benchmark_script_writes_json(tmp_path: Path, override: str) -> None:
+    """Also for an objective with its own training step, which the plain loop drives through ``PlainDriver``, and
+    under bf16 autocast, which the plain loop and the vectorised NLL apply as the runner does."""
     from scripts.benchmark import main
 
     out = tmp_path / "b.json"
@@ -167,7 +168,7 @@ def test_benchmark_script_writes_json(tmp_path: Path, objective: str) -> None:
             "dataset=synthetic",
             "dataset.shape=[1,8,8]",
             "likelihood=gaussian",
-            f"objective={objective}",
+            override,
             "--steps=2",
             "--warmup=1",
             "--rounds=1",
@@ -180,6 +181,7 @@ def test_benchmark_script_writes_json(tmp_path: Path, objective: str) -> None:
     result = json.loads(out.read_text())
     assert result["train"]["runner_over_plain"] > 0 and result["train"]["plain"]["images_per_sec"] > 0
     assert result["nll"]["k"] == 4 and result["sampling"]["n"] == 64 and result["peak_memory"]["peak_rss_mib"] > 0
+    assert result["nll"]["precision"] == ("bf16-mixed" if override == "trainer=cpu_bf16" else "32-true")
 
 
 def test_compile_runs_the_encoder_and_decoder_through_torch_compile(make_cfg, monkeypatch) -> None:

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from vae_experiments.bench.timing import clock, median, peak_memory_mib, reset_peak
+from vae_experiments.bench.train_speed import autocast
 from vae_experiments.metrics.nll import importance_sampled_log_likelihood
 from vae_experiments.model import VAE
 
@@ -21,16 +22,29 @@ def per_example_log_likelihood(model: VAE, x: Tensor, k: int) -> Tensor:
     return torch.cat(out)
 
 
-def nll_speed(model: VAE, images: Tensor, k: int, max_rows: int, batch_size: int, loop_images: int) -> dict[str, Any]:
+def nll_speed(
+    model: VAE,
+    images: Tensor,
+    k: int,
+    max_rows: int,
+    batch_size: int,
+    loop_images: int,
+    precision: str = "32-true",
+) -> dict[str, Any]:
     """Seconds per 1,000 images of the vectorised estimator and of the per-example loop (on the first
-    ``loop_images``), and whether their estimates agree within Monte-Carlo error (|z| of the mean difference)."""
+    ``loop_images``), and whether their estimates agree within Monte-Carlo error (|z| of the mean difference).
+
+    The vectorised estimator runs under the run's autocast (``precision``), as the runner's test pass does; the loop,
+    the reference, always in full precision."""
     model.eval()
     device = images.device
-    importance_sampled_log_likelihood(model, images[:2], min(k, 8), max_rows)  # first-call set-up, untimed
-    reset_peak(device)
-    start = clock(device)
-    fast = torch.cat([importance_sampled_log_likelihood(model, xb, k, max_rows) for xb in images.split(batch_size)])
-    fast_s = clock(device) - start
+    with autocast(device, precision):
+        importance_sampled_log_likelihood(model, images[:2], min(k, 8), max_rows)  # first-call set-up, untimed
+        reset_peak(device)
+        start = clock(device)
+        fast = [importance_sampled_log_likelihood(model, xb, k, max_rows) for xb in images.split(batch_size)]
+        fast_s = clock(device) - start
+    fast = torch.cat(fast).float()
     memory = peak_memory_mib(device)
     m = min(loop_images, images.shape[0])
     start = clock(device)
@@ -40,6 +54,7 @@ def nll_speed(model: VAE, images: Tensor, k: int, max_rows: int, batch_size: int
     se = float(diff.std() / math.sqrt(m)) if m > 1 else float("nan")
     return {
         "k": k,
+        "precision": precision,
         "max_rows": max_rows,
         "images": images.shape[0],
         "vectorised": {"seconds_per_1000_images": 1000 * fast_s / images.shape[0], "nll": -float(fast.mean())},

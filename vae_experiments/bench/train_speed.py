@@ -27,6 +27,12 @@ from vae_experiments.runtime import wants_channels_last
 AUTOCAST = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
 
 
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager[Any]:
+    """The autocast Lightning's ``precision`` puts around a step, for a loop without Lightning."""
+    dtype = AUTOCAST.get(precision)
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+
+
 def take_batches(loader: Iterable[Tensor], n: int, device: torch.device) -> tuple[list[Tensor], list[float]]:
     """``n`` batches (cycling the loader) already on ``device``, and the seconds each took to load and move."""
     batches: list[Tensor] = []
@@ -88,8 +94,7 @@ def plain_step_times(
     device = batches[0].device
     model.train()
     driver = PlainDriver(model, optimizers_of(objective.configure_optimizers(model, module.optimizer_factory)))
-    dtype = AUTOCAST.get(precision)
-    cast = torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+    cast = autocast(device, precision)
     stamps: list[tuple[float, float]] = []
     for x in batches:
         stamps.append(stamp(device))
