@@ -136,3 +136,20 @@ def test_diag_init_sets_the_learned_diagonal_at_the_start() -> None:
     torch.testing.assert_close(F.softplus(conv.bias[3:]), torch.tensor([0.01]))
     with pytest.raises(ValueError, match="diag_init"):
         LowRankGaussianLikelihood(diag_init=0.0)
+
+
+def test_log_prob_under_bf16_autocast_equals_the_fp32_one() -> None:
+    """trainer=gpu and trainer=cpu_bf16 run the likelihood under bf16 autocast; the capacitance I + P^T D^-1 P of
+    the released fixed diagonal (1e-5) is far too stiff for bf16 matmuls (its Cholesky fails or the density is
+    wrong), so the likelihood computes in fp32 whatever the autocast."""
+    torch.manual_seed(0)
+    lik = LowRankGaussianLikelihood(rank=5, diagonal="fixed", min_diag=1e-5)
+    params = 0.1 * torch.randn(2, lik.num_params(1), 8, 8)
+    x = torch.rand(2, 1, 8, 8)
+    reference = lik(params).log_prob(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        px = lik(params.bfloat16())
+        log_prob, entropy, sample = px.log_prob(x), px.entropy(), px.rsample()
+    assert log_prob.dtype == entropy.dtype == sample.dtype == torch.float32
+    torch.testing.assert_close(log_prob, lik(params.bfloat16().float()).log_prob(x), rtol=1e-5, atol=1e-3)
+    assert torch.isfinite(reference).all()

@@ -44,14 +44,18 @@ def tiny_model(shape: tuple[int, ...] = (1, 8, 8), likelihood: tuple[str, dict] 
 
 
 @pytest.mark.parametrize("likelihood", LIKELIHOODS, ids=lambda o: f"{o[0]}-{o[1].get('sigma', '')}")
-@pytest.mark.parametrize("shape", [(1, 8, 8), (3, 5, 4), (2,)])
-def test_fast_log_likelihood_equals_distribution_log_prob(likelihood, shape) -> None:
+@pytest.mark.parametrize("shape", [(1, 8, 8), (3, 5, 4), (2,), (1, 28, 28)])
+@pytest.mark.parametrize("bf16", [False, True], ids=["fp32", "under-bf16-autocast"])
+def test_fast_log_likelihood_equals_distribution_log_prob(likelihood, shape, bf16: bool) -> None:
+    """Also under bf16 autocast (trainer=gpu, trainer=cpu_bf16), where the likelihood must still compute in fp32."""
     lik = part("likelihood", likelihood[0], **likelihood[1])()
     k, batch = 3, 4
-    params = torch.randn(k, batch, lik.num_params(shape[0]), *shape[1:])
+    params = 3 * torch.randn(k, batch, lik.num_params(shape[0]), *shape[1:])
     x = torch.rand(batch, *shape)
     expected = lik(params.reshape(k * batch, *params.shape[2:])).log_prob(x.repeat(k, *[1] * len(shape)))
-    torch.testing.assert_close(lik.log_likelihood(params, x), expected.view(k, batch), rtol=1e-5, atol=1e-4)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        fast = lik.log_likelihood(params, x)
+    torch.testing.assert_close(fast, expected.view(k, batch), rtol=1e-5, atol=1e-4)
 
 
 def test_terms_fast_path_matches_distribution_path() -> None:

@@ -17,12 +17,18 @@ from torch import Tensor, nn
 from torch.distributions import Distribution, LowRankMultivariateNormal, constraints
 
 
+def _fp32(t: Tensor) -> torch.autocast:
+    """Autocast off around the Woodbury algebra: under bf16 autocast (trainer=gpu, trainer=cpu_bf16) the capacitance
+    K = I + P^T D^-1 P of a small diagonal (the released 1e-5) loses hundreds of nats or its positive-definiteness."""
+    return torch.autocast(t.device.type, enabled=False)
+
+
 class LowRankImageNormal(Distribution):
     """``LowRankMultivariateNormal`` over flattened images, seen as a distribution over (C, H, W) images.
 
     ``mvn`` is the flat distribution (its ``cov_factor`` is P (B, N, R), ``cov_diag`` is d (B, N)); with
     ``float64`` it is built in double precision (capacitance, Cholesky and log-prob) and results are cast back
-    to the dtype of the parameters.
+    to the dtype of the parameters. Every product of the factor runs with autocast off (``_fp32``).
     """
 
     arg_constraints: ClassVar[dict[str, constraints.Constraint]] = {}
@@ -48,7 +54,8 @@ class LowRankImageNormal(Distribution):
 
     def rsample(self, sample_shape: Sequence[int] = ()) -> Tensor:
         """x = m + P w_P + sqrt(d) * w_D, w_P ~ N(0, I_R), w_D ~ N(0, I_N): spatially coherent through P."""
-        return self._image(self.mvn.rsample(torch.Size(sample_shape)))
+        with _fp32(self.mvn.loc):
+            return self._image(self.mvn.rsample(torch.Size(sample_shape)))
 
     def log_prob(self, value: Tensor) -> Tensor:
         """-1/2 [ N log 2 pi + log det K + sum_i log d_i + r^T D^-1 r - |L_K^-1 P^T D^-1 r|^2 ], r = x - m.
@@ -56,11 +63,13 @@ class LowRankImageNormal(Distribution):
         ``value`` (..., C, H, W); returns (..., B) nats summed over all values.
         """
         flat = value.flatten(-len(self.event_shape)).to(self.mvn.loc.dtype)
-        return self.mvn.log_prob(flat).to(self._dtype)
+        with _fp32(flat):
+            return self.mvn.log_prob(flat).to(self._dtype)
 
     def entropy(self) -> Tensor:
         """1/2 [ N (1 + log 2 pi) + log det K + sum_i log d_i ]."""
-        return self.mvn.entropy().to(self._dtype)
+        with _fp32(self.mvn.loc):
+            return self.mvn.entropy().to(self._dtype)
 
 
 class LowRankGaussianLikelihood(nn.Module):
@@ -129,7 +138,8 @@ class LowRankGaussianLikelihood(nn.Module):
             diag = F.softplus(params[:, c + self.rank * c :]).flatten(1) + self.min_diag
         else:
             diag = mean.new_full(mean.shape, self.min_diag)
-        mvn = LowRankMultivariateNormal(mean, factor, diag, validate_args=False)  # no per-step host read
+        with _fp32(params):  # the capacitance and its Cholesky are computed here
+            mvn = LowRankMultivariateNormal(mean, factor, diag, validate_args=False)  # no per-step host read
         return LowRankImageNormal(mvn, torch.Size((c, h, w)), dtype)
 
     def detach_spread(self, params: Tensor) -> Tensor:
