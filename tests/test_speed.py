@@ -21,7 +21,7 @@ from vae_experiments.metrics.nll import importance_sampled_log_likelihood
 from vae_experiments.metrics.running import RunningMeans
 from vae_experiments.model import build_model
 from vae_experiments.module import VAEModule
-from vae_experiments.runtime import configure_runtime, wants_channels_last
+from vae_experiments.runtime import configure_runtime, wants_channels_last, warn_if_bf16_is_emulated
 from vae_experiments.train import build, build_trainer, train
 
 LIKELIHOODS = [
@@ -158,6 +158,17 @@ def test_configure_runtime_makes_the_cuda_check_cheap_without_a_gpu(monkeypatch)
     configure_runtime()
     expected = "1" if torch.cuda.device_count() else "0"
     assert os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] == expected
+
+
+def test_bf16_on_a_cpu_without_native_bf16_is_flagged(tmp_path: Path, caplog) -> None:
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("flags\t\t: fpu sse avx512f avx512bw avx512vl\n")
+    cpu = torch.device("cpu")
+    assert warn_if_bf16_is_emulated(cpu, "bf16-mixed", cpuinfo)
+    assert "emulated" in caplog.text and "trainer=cpu" in caplog.text
+    assert not warn_if_bf16_is_emulated(cpu, "32-true", cpuinfo)
+    cpuinfo.write_text("flags\t\t: fpu avx512f avx512_bf16 amx_tile amx_bf16\n")
+    assert not warn_if_bf16_is_emulated(cpu, "bf16-mixed", cpuinfo)
 
 
 @pytest.mark.parametrize("override", ["objective=elbo", "objective=soft_intro", "trainer=cpu_bf16"])

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import os
+from pathlib import Path
 
 import torch
 from torch import nn
+
+log = logging.getLogger(__name__)
 
 
 def configure_runtime() -> None:
@@ -28,3 +32,19 @@ def wants_channels_last(setting: bool | str, device: torch.device, model: nn.Mod
     if not isinstance(setting, bool):
         raise ValueError(f"channels_last must be true, false or auto, got {setting!r}")
     return setting
+
+
+def warn_if_bf16_is_emulated(device: torch.device, precision: str, cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """bf16 autocast on a CPU without AVX512-BF16 or AMX runs emulated, slower than fp32: say so (True) before
+    training. Linux only (elsewhere nothing is known and nothing is said)."""
+    if device.type != "cpu" or not precision.startswith("bf16") or not cpuinfo.is_file():
+        return False
+    flags = set(cpuinfo.read_text().split())
+    if flags & {"avx512_bf16", "amx_bf16"}:
+        return False
+    log.warning(
+        "trainer.precision=%s on a CPU without avx512_bf16 or amx_bf16: bf16 is emulated and slower than fp32 here; "
+        "use trainer=cpu",
+        precision,
+    )
+    return True

@@ -20,7 +20,7 @@ from vae_experiments.errors import ConfigError
 from vae_experiments.metrics.evaluations import run_test_evaluations
 from vae_experiments.model import VAE, build_model
 from vae_experiments.module import VAEModule
-from vae_experiments.runtime import configure_runtime, wants_channels_last
+from vae_experiments.runtime import configure_runtime, wants_channels_last, warn_if_bf16_is_emulated
 from vae_experiments.validation import build_part, check_combination, describe, instantiate, preflight
 
 log = logging.getLogger(__name__)
@@ -105,6 +105,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     datamodule, module = build(cfg)
     throughput = Throughput()
     trainer = build_trainer(cfg, throughput, ckpt_path=ckpt_path)
+    warn_if_bf16_is_emulated(trainer.strategy.root_device, str(trainer.precision))
     try:
         log_hyperparameters(trainer, cfg, module.model)
         if wants_channels_last(cfg.get("channels_last", False), trainer.strategy.root_device, module.model):
