@@ -332,3 +332,18 @@ def test_histogram_bins_and_grid_normalisation() -> None:
     for c in (0.0, 7.0):  # a normalised density keeps its log-density; an additive constant cancels
         gn = grid_normalised_elbo(GaussianELBO(c), data, half_width=6.0, grid_points=256)  # type: ignore[arg-type]
         assert float(gn) == pytest.approx(exact, abs=1e-4)
+
+
+def test_iteration_count_is_read_once_and_again_after_a_checkpoint_load() -> None:
+    """The schedules' iteration lives in a buffer (checkpoints carry it); the step reads a host copy, which a
+    state-dict load (a resume) must refresh."""
+    model = tiny_model()
+    objective = SoftIntroVAE(**BETAS)
+    module = StubModule(model, objective)
+    objective.training_step(module, torch.rand(B, D))
+    objective.training_step(module, torch.rand(B, D))
+    assert objective.current_iteration() == 2 == int(objective.iteration)
+    state = {k: v.clone() for k, v in objective.state_dict().items()}
+    state["iteration"].fill_(7)
+    nn.ModuleDict({"objective": objective}).load_state_dict({f"objective.{k}": v for k, v in state.items()})
+    assert objective.current_iteration() == 7
