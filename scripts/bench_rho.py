@@ -30,6 +30,7 @@ from omegaconf import DictConfig, open_dict
 
 from scripts.rho_authors_style import authors_step
 from vae_experiments.bench.timing import matmul_gflops
+from vae_experiments.bench.train_speed import plain_step
 from vae_experiments.train import CONFIG_DIR, build
 
 POSTERIORS = ("diagonal", "rho")
@@ -42,16 +43,8 @@ def make_step(posterior: str, x: torch.Tensor) -> Callable[[int], None]:
     with open_dict(cfg):
         cfg.paths.output_dir = "unused"
     _, module = build(cfg)
-    model, objective = module.model, module.objective
     optimizer = module.configure_optimizers()
-
-    def step(i: int) -> None:
-        optimizer.zero_grad(set_to_none=True)
-        loss, _ = objective.loss(model, x, i)
-        loss.backward()
-        optimizer.step()
-
-    return step
+    return plain_step(module.model, module.objective, optimizer, x)
 
 
 def main() -> None:

@@ -24,6 +24,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
 
 from vae_experiments.bench.timing import matmul_gflops
+from vae_experiments.bench.train_speed import plain_step
 from vae_experiments.module import VAEModule
 from vae_experiments.train import CONFIG_DIR, build
 
@@ -51,16 +52,8 @@ def make_step(module: VAEModule, x: torch.Tensor, nhwc: bool, compiled: bool) ->
         module.use_channels_last()
     if compiled:
         module.model.compile_networks()
-    model, objective = module.model, module.objective
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, fused=True)
-
-    def step(i: int) -> None:
-        optimizer.zero_grad(set_to_none=True)
-        loss, _ = objective.loss(model, x, i)
-        loss.backward()
-        optimizer.step()
-
-    return step
+    optimizer = torch.optim.Adam(module.model.parameters(), lr=1e-4, fused=True)
+    return plain_step(module.model, module.objective, optimizer, x)
 
 
 def main() -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
@@ -83,6 +83,18 @@ class PlainDriver:
 
     def check_finite(self, loss: Tensor, *optimizers: Optimizer, detail: Any = None) -> None:
         """Plain loops do not guard against a non-finite loss."""
+
+
+def plain_step(model: nn.Module, objective: Any, optimizer: Optimizer, x: Tensor) -> Callable[[int], None]:
+    """One iteration of the plainest loop on a fixed batch: zero_grad, ``objective.loss``, backward, step."""
+
+    def step(i: int) -> None:
+        optimizer.zero_grad(set_to_none=True)
+        loss, _ = objective.loss(model, x, i)
+        loss.backward()
+        optimizer.step()
+
+    return step
 
 
 def plain_step_times(
