@@ -54,6 +54,7 @@ class AutoregressiveFlowPrior(nn.Module):
 
     def _shift_log_scale(self, k: int, z: Tensor) -> tuple[Tensor, Tensor]:
         out = self.mades[k](z)
+        out = out.to(torch.promote_types(out.dtype, torch.float32))  # out of autocast's bf16: the log-det sums in fp32
         mu = out[..., 0]
         return mu, torch.zeros_like(mu) if self.mean_only else out[..., 1]
 

@@ -40,6 +40,7 @@ class IAFDistribution(Distribution):
     def _step(self, t: int, z: Tensor) -> tuple[Tensor, Tensor]:
         """(m_t, log sigma_t) at z_{t-1} = z."""
         out = self.mades[t](z, self.context)
+        out = out.to(torch.promote_types(out.dtype, torch.float32))  # out of autocast's bf16: the log-det sums in fp32
         return out[..., 0], F.logsigmoid(out[..., 1] + self.gate_bias)
 
     def transform(self, eps: Tensor) -> tuple[Tensor, Tensor]:
@@ -113,5 +114,6 @@ class IAFPosterior(nn.Module):
     def forward(self, h: Tensor) -> IAFDistribution:
         d = self.latent_dim
         out = self.head(h)
+        out = out.to(torch.promote_types(out.dtype, torch.float32))  # the density in fp32 under autocast
         mu, a, context = out[..., :d], out[..., d : 2 * d], out[..., 2 * d :]
         return IAFDistribution(mu, torch.exp(0.5 * a), context, self.mades, self.gate_bias)
