@@ -4,8 +4,10 @@
     python scripts/bench_soft_intro.py --arch fmnist --batch 128
 
 Builds the ``experiment=soft_intro_vae`` / ``_fmnist`` model (IntroVAE nets, Gaussian with fixed sigma, beta_neg 256,
-gamma_r 1e-8) and times ``SoftIntroVAE.training_step`` on random images with plain Adam optimisers; prints one JSON
-line with the median step time and images/s (and writes it under ``--out`` when given).
+gamma_r 1e-8) and times ``SoftIntroVAE.training_step`` on random images with the project's fused Adam; prints one
+JSON line with the median step time and images/s (and writes it under ``--out`` when given). ``--authors-style 1``
+interleaves the authors' iteration re-created from REFERENCE 4.3 (NCHW, for-loop Adam) step by step with ours, the
+same-minutes yardstick for REFERENCE 9's figures on this drifting machine.
 """
 
 from __future__ import annotations
@@ -16,20 +18,48 @@ import math
 import platform
 import statistics
 import time
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
 import torch
 
+from scripts.soft_intro_authors_style import authors_step
+from vae_experiments.bench.timing import matmul_gflops
 from vae_experiments.bench.train_speed import PlainDriver
 from vae_experiments.distributions.likelihoods import GaussianLikelihood
 from vae_experiments.distributions.posteriors import DiagonalGaussianPosterior
 from vae_experiments.distributions.priors import StandardNormalPrior
-from vae_experiments.model import build_model
+from vae_experiments.model import VAE, build_model
 from vae_experiments.nets.intro import IntroDecoder, IntroEncoder
 from vae_experiments.objectives.soft_intro import SoftIntroVAE
 
 ARCHS = {"cifar10": ((3, 32, 32), (64, 128, 256), 128), "fmnist": ((1, 28, 28), (64, 128), 32)}
+
+
+def build(arch: str, channels_last: bool) -> VAE:
+    """The ``experiment=soft_intro_vae`` / ``_fmnist`` model (IntroVAE nets, Gaussian with fixed sigma^2 = 1/2)."""
+    shape, channels, latent = ARCHS[arch]
+    parts = {
+        "encoder": partial(IntroEncoder, channels=channels, channels_last=channels_last),
+        "posterior": DiagonalGaussianPosterior,
+        "prior": StandardNormalPrior,
+        "decoder": partial(IntroDecoder, channels=channels, channels_last=channels_last),
+        "likelihood": partial(GaussianLikelihood, sigma="fixed", sigma_init=math.sqrt(0.5)),
+    }
+    return build_model(parts, shape, latent)
+
+
+def our_step(model: VAE, x: torch.Tensor, bf16: bool) -> Callable[[int], None]:
+    """``SoftIntroVAE.training_step`` with the project's optimiser (fused Adam, lr 2e-4)."""
+    objective = SoftIntroVAE(beta_neg=256.0, recon_offset=0.5 * math.log(math.pi))
+    harness = PlainDriver(model, objective.configure_optimizers(model, partial(torch.optim.Adam, lr=2e-4, fused=True)))
+
+    def step(i: int) -> None:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            objective.training_step(harness, x)
+
+    return step
 
 
 def main() -> None:
@@ -41,44 +71,48 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--channels-last", type=int, choices=(0, 1), default=1)
     parser.add_argument("--bf16", type=int, choices=(0, 1), default=0, help="bf16 autocast (AMX on this CPU)")
+    parser.add_argument(
+        "--authors-style",
+        type=int,
+        choices=(0, 1),
+        default=0,
+        help="also time the authors' iteration (scripts/soft_intro_authors_style.py), interleaved step by step",
+    )
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     shape, channels, latent = ARCHS[args.arch]
-    cl = bool(args.channels_last)
-    parts = {
-        "encoder": partial(IntroEncoder, channels=channels, channels_last=cl),
-        "posterior": DiagonalGaussianPosterior,
-        "prior": StandardNormalPrior,
-        "decoder": partial(IntroDecoder, channels=channels, channels_last=cl),
-        "likelihood": partial(GaussianLikelihood, sigma="fixed", sigma_init=math.sqrt(0.5)),
-    }
-    model = build_model(parts, shape, latent)
-    objective = SoftIntroVAE(beta_neg=256.0, recon_offset=0.5 * math.log(math.pi))
-    harness = PlainDriver(model, objective.configure_optimizers(model, partial(torch.optim.Adam, lr=2e-4)))
     x = torch.rand(args.batch, *shape)
-    times = []
+    steps = {"ours": our_step(build(args.arch, bool(args.channels_last)), x, bool(args.bf16))}
+    if args.authors_style:
+        steps["authors_style"] = authors_step(build(args.arch, channels_last=False), x)
+    times: dict[str, list[float]] = {name: [] for name in steps}
     for i in range(args.warmup + args.steps):
-        start = time.perf_counter()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bool(args.bf16)):
-            objective.training_step(harness, x)
-        if i >= args.warmup:
-            times.append(time.perf_counter() - start)
-    median = statistics.median(times)
+        for name, step in steps.items():
+            start = time.perf_counter()
+            step(i)
+            if i >= args.warmup:
+                times[name].append(time.perf_counter() - start)
+    median = {name: statistics.median(t) for name, t in times.items()}
     result = {
         "workload": f"soft_intro {args.arch} channels {list(channels)} z {latent} B {args.batch}",
         "threads": args.threads,
-        "channels_last": cl,
+        "channels_last": bool(args.channels_last),
         "precision": "bf16 autocast" if args.bf16 else "fp32",
-        "median_step_s": round(median, 4),
-        "images_per_s": round(args.batch / median, 2),
+        "median_step_s": round(median["ours"], 4),
+        "images_per_s": round(args.batch / median["ours"], 2),
         "steps_timed": args.steps,
         "warmup": args.warmup,
         "torch": torch.__version__,
         "cpu": platform.processor() or platform.machine(),
+        "matmul_gflops": round(matmul_gflops(), 1),
     }
+    if args.authors_style:
+        theirs = median["authors_style"]
+        result["authors_style"] = {"median_step_s": round(theirs, 4), "images_per_s": round(args.batch / theirs, 2)}
+        result["ours_over_authors_style"] = round(median["ours"] / theirs, 4)
     line = json.dumps(result)
     print(line)
     if args.out is not None:
