@@ -17,7 +17,6 @@ import json
 import math
 import platform
 import statistics
-import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -25,7 +24,7 @@ from pathlib import Path
 import torch
 
 from scripts.soft_intro_authors_style import authors_step
-from vae_experiments.bench.timing import matmul_gflops
+from vae_experiments.bench.timing import clock, matmul_gflops
 from vae_experiments.bench.train_speed import PlainDriver
 from vae_experiments.distributions.likelihoods import GaussianLikelihood
 from vae_experiments.distributions.posteriors import DiagonalGaussianPosterior
@@ -56,7 +55,7 @@ def our_step(model: VAE, x: torch.Tensor, bf16: bool) -> Callable[[int], None]:
     harness = PlainDriver(model, objective.configure_optimizers(model, partial(torch.optim.Adam, lr=2e-4, fused=True)))
 
     def step(i: int) -> None:
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
             objective.training_step(harness, x)
 
     return step
@@ -72,6 +71,9 @@ def main() -> None:
     parser.add_argument("--channels-last", type=int, choices=(0, 1), default=1)
     parser.add_argument("--bf16", type=int, choices=(0, 1), default=0, help="bf16 autocast (AMX on this CPU)")
     parser.add_argument(
+        "--device", default="cpu", help="cpu or cuda (the GPU check: --device cuda --bf16 1 --authors-style 1)"
+    )
+    parser.add_argument(
         "--authors-style",
         type=int,
         choices=(0, 1),
@@ -84,20 +86,22 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     shape, channels, latent = ARCHS[args.arch]
-    x = torch.rand(args.batch, *shape)
-    steps = {"ours": our_step(build(args.arch, bool(args.channels_last)), x, bool(args.bf16))}
+    device = torch.device(args.device)
+    x = torch.rand(args.batch, *shape, device=device)
+    steps = {"ours": our_step(build(args.arch, bool(args.channels_last)).to(device), x, bool(args.bf16))}
     if args.authors_style:
-        steps["authors_style"] = authors_step(build(args.arch, channels_last=False), x)
+        steps["authors_style"] = authors_step(build(args.arch, channels_last=False).to(device), x)
     times: dict[str, list[float]] = {name: [] for name in steps}
     for i in range(args.warmup + args.steps):
         for name, step in steps.items():
-            start = time.perf_counter()
+            start = clock(device)
             step(i)
             if i >= args.warmup:
-                times[name].append(time.perf_counter() - start)
+                times[name].append(clock(device) - start)
     median = {name: statistics.median(t) for name, t in times.items()}
     result = {
         "workload": f"soft_intro {args.arch} channels {list(channels)} z {latent} B {args.batch}",
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "threads": args.threads,
         "channels_last": bool(args.channels_last),
         "precision": "bf16 autocast" if args.bf16 else "fp32",

@@ -47,7 +47,7 @@ def authors_step(
             p.requires_grad_(flag)
 
     def step(i: int) -> None:
-        eps = torch.randn(x.shape[0], model.latent_dim)
+        eps = torch.randn(x.shape[0], model.latent_dim, device=x.device)
         # encoder step
         requires_grad(dec, False)
         x_f = model.decoder(eps)
