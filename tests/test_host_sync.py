@@ -1,7 +1,7 @@
-"""No host read inside the training step on the GPU path (issue 8: no ``.item()`` on the hot path), and a
-non-finite loss there is skipped on the device by the fused Adam, then stops the run at the next check.
+"""No host read inside the training step on the GPU path (no ``.item()`` on the hot path), and a non-finite loss
+there is skipped on the device by the fused Adam, then stops the run at the next check.
 
-The GPU path is forced on the CPU (``VAEModule.read_values_eagerly = False``), and inside ``training_step`` and
+The GPU path is forced on the CPU (``VAEModule.host_reads_free = False``), and inside ``training_step`` and
 ``on_train_batch_end`` every Tensor method that copies a value to the host raises. On a GPU each of them would wait for
 the queued work. The first batch is a logging step (it reads the running means by design) and is left out.
 """
@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from vae_experiments.module import VAEModule
+from vae_experiments.objectives.base import StepContext, StepOutput
 from vae_experiments.train import build, build_trainer
 
 HOST_READS = ("item", "tolist", "numpy", "__bool__", "__int__", "__float__", "__index__", "__format__")
@@ -89,7 +90,7 @@ def guard(module: VAEModule, name: str, checked: list[int], forbid: Callable[[],
 def fit_on_the_gpu_path(cfg: Any) -> VAEModule:
     L.seed_everything(0)
     datamodule, module = build(cfg)
-    module.read_values_eagerly = False
+    module.host_reads_free = False
     checked: list[int] = []
     guard(module, "training_step", checked)
     guard(module, "on_train_batch_end", checked)
@@ -122,13 +123,13 @@ def test_the_guard_catches_a_host_read(make_cfg) -> None:
     """The forbidden reads are the ones that matter: an ``.item()`` in the step fails the check above."""
     cfg = make_cfg(*TINY, *RUN, fast=False)
     datamodule, module = build(cfg)
-    module.read_values_eagerly = False
+    module.host_reads_free = False
     step = module.objective.training_step
 
-    def reading_step(m: VAEModule, x: torch.Tensor) -> torch.Tensor:
-        loss = step(m, x)
-        loss.item()
-        return loss
+    def reading_step(ctx: StepContext, x: torch.Tensor) -> StepOutput:
+        out = step(ctx, x)
+        out.loss.item()
+        return out
 
     module.objective.training_step = reading_step
     guard(module, "training_step", [])
@@ -141,12 +142,12 @@ def poison_after(module: VAEModule, batches: int) -> dict[str, torch.Tensor]:
     step = module.objective.training_step
     snapshot: dict[str, torch.Tensor] = {}
 
-    def poisoned(m: VAEModule, x: torch.Tensor) -> torch.Tensor | None:
-        if m.trainer.fit_loop.epoch_loop.batch_progress.current.ready > batches:
+    def poisoned(ctx: StepContext, x: torch.Tensor) -> StepOutput:
+        if module.trainer.fit_loop.epoch_loop.batch_progress.current.ready > batches:
             if not snapshot:
-                snapshot.update({k: v.clone() for k, v in m.model.state_dict().items()})
+                snapshot.update({k: v.clone() for k, v in ctx.model.state_dict().items()})
             x = torch.full_like(x, float("nan"))
-        return step(m, x)
+        return step(ctx, x)
 
     module.objective.training_step = poisoned
     return snapshot
@@ -158,7 +159,7 @@ def test_a_non_finite_loss_is_skipped_on_the_device_and_stops_the_run(make_cfg, 
     at the end of the epoch with the objective's advice, without a host read in between."""
     cfg = make_cfg(*TINY, *SETUPS[setup], *RUN, fast=False)
     datamodule, module = build(cfg)
-    module.read_values_eagerly = False
+    module.host_reads_free = False
     good = poison_after(module, 2)
     with pytest.raises(FloatingPointError, match=module.objective.non_finite_advice.split(",")[0]):
         build_trainer(cfg).fit(module, datamodule=datamodule)

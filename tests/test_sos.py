@@ -4,6 +4,7 @@ at any size, the low-rank output layer's initialisation and the refusal of an au
 from __future__ import annotations
 
 import csv
+import math
 from pathlib import Path
 
 import hydra
@@ -16,6 +17,7 @@ from vae_experiments.distributions.likelihoods import GaussianLikelihood
 from vae_experiments.errors import ConfigError
 from vae_experiments.model import VAE
 from vae_experiments.nets.sos_resnet import SOSResNetDecoder, SOSResNetEncoder
+from vae_experiments.objectives.base import StepContext
 from vae_experiments.objectives.constrained_kl import ConstrainedKL
 from vae_experiments.train import build, train
 
@@ -31,18 +33,6 @@ NETS = [
 SMALL = [*NETS, "dataset.shape=[1,8,8]", "likelihood=low_rank_gaussian", "likelihood.rank=2"]
 
 
-class Step:
-    """The parts of a LightningModule an objective's ``training_step`` uses, outside a trainer."""
-
-    def __init__(self, model: VAE, epoch: int = 0) -> None:
-        self.model = model
-        self.current_epoch = epoch
-        self.logged: dict[str, torch.Tensor] = {}
-
-    def log_metrics(self, stage: str, logs: dict[str, torch.Tensor], batch_size: int) -> None:
-        self.logged = logs
-
-
 def small_model(make_cfg, *overrides: str) -> tuple[VAE, ConstrainedKL, torch.Tensor]:
     datamodule, module = build(make_cfg(*SMALL, *overrides))
     datamodule.setup("fit")
@@ -56,7 +46,7 @@ def test_loss_is_the_damped_lagrangian_with_the_damping_detached(make_cfg) -> No
     b, kappa, damping, lam = x.shape[0], 2.0, 3.0, 0.7
 
     torch.manual_seed(1)
-    loss, logs = obj.loss(model, x, step=0)
+    loss, logs = obj.loss(model, x)
     grads = torch.autograd.grad(loss, list(model.parameters()))
 
     torch.manual_seed(1)
@@ -77,14 +67,14 @@ def test_loss_is_the_damped_lagrangian_with_the_damping_detached(make_cfg) -> No
 
 def test_multiplier_ascends_on_the_batch_sum_after_each_step_and_stays_nonnegative(make_cfg) -> None:
     model, obj, x = small_model(make_cfg, "objective.kappa=1.5", "objective.lambda_lr=0.01")
-    step = Step(model)
+    ctx = StepContext(model)
     lam = 0.0
     for kappa in (1.5, 1.0e6, 1.5):  # the second target is far above any KL: lambda falls to 0 and stays there
         obj.kappa = kappa
-        obj.training_step(step, x)
-        kl_sum = float(step.logged["kl"]) * x.shape[0]
+        out = obj.training_step(ctx, x)
+        kl_sum = float(out.logs["kl"]) * x.shape[0]
         assert float(obj.lambda_kl) == pytest.approx(lam)  # not moved before the weights' step
-        obj.on_train_batch_end(step)
+        obj.after_update(ctx, out)
         lam = max(0.0, lam + 0.01 * (kl_sum - kappa * x.shape[0]))
         assert float(obj.lambda_kl) == pytest.approx(lam, rel=1e-5)
     assert float(obj.lambda_entropy) == 0.0  # no entropy constraint configured
@@ -94,9 +84,9 @@ def test_entropy_constraint_adds_its_own_damped_term(make_cfg) -> None:
     model, obj, x = small_model(make_cfg, "objective.target_entropy=-10.0")
     obj.lambda_entropy.fill_(0.2)
     torch.manual_seed(3)
-    loss, logs = obj.loss(model, x, 0)
+    loss, logs = obj.loss(model, x)
     torch.manual_seed(3)
-    base = ConstrainedKL(kappa=obj.kappa, damping=obj.damping).loss(model, x, 0)[0]
+    base = ConstrainedKL(kappa=obj.kappa, damping=obj.damping).loss(model, x)[0]
     torch.manual_seed(3)
     px = model.decode(model.encode(x).rsample())
     c = px.entropy().sum() - (-10.0) * x.shape[0]
@@ -110,7 +100,7 @@ def test_mean_only_warmup_trains_only_the_mean_channels(make_cfg) -> None:
     c = 1
     for epoch, spread_trains in ((0, False), (1, True)):
         model.zero_grad()
-        obj.training_step(Step(model, epoch), x).backward()
+        obj.training_step(StepContext(model, epoch=epoch), x).loss.backward()
         assert out.weight.grad[:c].abs().sum() > 0  # the mean always trains
         assert (out.weight.grad[c:].abs().sum() > 0) == spread_trains  # factor and diagonal only after the warm-up
 
@@ -221,3 +211,32 @@ def test_residual_autocorrelation_is_zero_for_white_noise_and_the_overlap_for_a_
     assert abs(float(lag1_autocorr(white).mean())) < 0.02
     box = torch.nn.functional.avg_pool2d(torch.randn(400, 1, 18, 18), 3, stride=1)  # neighbours share 6 of 9 inputs
     assert float(lag1_autocorr(box).mean()) == pytest.approx(6 / 9, abs=0.03)
+
+
+def test_the_non_finite_message_adds_the_likelihoods_advice(make_cfg) -> None:
+    _, module = build(make_cfg(*SMALL))
+    message = module._non_finite_message("")
+    assert module.objective.non_finite_advice in message and "likelihood.min_diag" in message
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_the_celeba_setup_trains_under_trainer_gpu(make_cfg) -> None:
+    """experiment=sos_vae at full frame (3x218x178, rank 25, the released fixed diagonal 1e-5) under trainer=gpu:
+    the low-rank likelihood factorises in every step and the loss stays finite."""
+    metrics = train(
+        make_cfg(
+            "experiment=sos_vae",
+            "dataset=synthetic",
+            "dataset.shape=[3,218,178]",
+            "~dataset.subset",
+            "dataset.n_train=100",
+            "dataset.val_size=25",
+            "dataset.n_test=25",
+            "trainer=gpu",
+            "trainer.max_epochs=1",
+            "eval.nll_samples=4",
+            "eval.elbo_samples=2",
+        )
+    )
+    assert metrics["train/steps"] == 3 and math.isfinite(metrics["test/elbo"]) and math.isfinite(metrics["val/elbo"])

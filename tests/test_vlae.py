@@ -61,7 +61,7 @@ def test_soft_free_bits_loss_is_recon_plus_gamma_kl_and_gamma_moves_after_each_s
     torch.manual_seed(1)
     t = module.model.terms(x)
     torch.manual_seed(1)
-    loss, logs = obj.loss(module.model, x, 0)
+    loss, logs = obj.loss(module.model, x)
     torch.testing.assert_close(loss, -t.log_px_z.mean() + 0.5 * t.kl.mean())
     assert float(logs["gamma"]) == 0.5
     build_trainer(cfg).fit(module, datamodule=datamodule)  # 3 steps, KL far below lambda: 0.5 * 0.9^3
@@ -94,7 +94,7 @@ def test_free_bits_loss_equals_the_formula(make_cfg, groups):
         obj.free_bits = lam
         kl_fb = torch.stack([g.clamp(min=lam) for g in per_group]).sum()
         torch.manual_seed(3)
-        loss, logs = obj.loss(model, x, 0)
+        loss, logs = obj.loss(model, x)
         torch.testing.assert_close(loss, -recon.mean() + 2.0 * kl_fb)
         torch.testing.assert_close(logs["elbo"], (recon - per_dim.sum(1)).mean())  # the true bound is still logged
     assert groups == "all" or 0 < (per_group > per_group.median()).sum() < model.latent_dim

@@ -1,4 +1,4 @@
-"""The small, duck-typed contracts between the six parts of a VAE run.
+"""The contracts between the six parts of a VAE run, checked once when a run is built (``conform``).
 
     dataset -> encoder -> posterior q(z|x) -> prior p(z) -> decoder -> likelihood p(x|z)     (+ objective)
 
@@ -7,15 +7,20 @@ the 2-D toys), values in [0, 1]. ``z`` is ``(B, latent_dim)``. Every log-density
 over all pixels / latent dimensions: shape ``(B,)``.
 
 Each part is built by ``vae_experiments.model.build_model`` from a Hydra node with ``_partial_: true``; the builder
-supplies the shape-dependent arguments named below, the config supplies the rest.
+supplies the shape-dependent arguments named below, the config supplies the rest. The Protocols say what every part
+of a kind must have; ``OPTIONAL`` declares the hooks a part may add, with the value the runner assumes when it has
+not; ``optional(part, name)`` is how the runner reads one. A new part is a class with the required members (and any
+hooks it needs) and a YAML node in its config group: nothing else changes.
 """
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from torch import Tensor
 from torch.distributions import Distribution
+
+from vae_experiments.errors import ConfigError
 
 
 @runtime_checkable
@@ -89,8 +94,85 @@ class Likelihood(Protocol):
     def __call__(self, params: Tensor) -> Distribution: ...
 
 
-def check_event(dist: Distribution, batch: int, event: tuple[int, ...]) -> None:
-    """Raise when a part returns a distribution of the wrong shape (used by tests and by the pre-flight check)."""
+# Optional hooks: (what the hook is, the value assumed when a part has none).
+OPTIONAL: dict[str, dict[str, tuple[str, Any]]] = {
+    "any": {
+        "refuse_unsupported": (
+            "refuse_unsupported(model, datamodule): raise ConfigError for a combination the part cannot run",
+            None,
+        ),
+        "valid_bound": ("False when a reference-faithful mode makes the ELBO and NLL no bounds", True),
+    },
+    "posterior": {
+        "rsample_and_log_prob": (
+            "on the q(z|x) it returns: rsample_and_log_prob(shape) -> (z, log q(z|x)) in one pass",
+            None,
+        ),
+    },
+    "prior": {},
+    "decoder": {
+        "output_layer": ("the final nn.Conv2d, which a likelihood may initialise (init_output_layer)", None),
+        "receptive_field": ("an autoregressive decoder's receptive field, reported with the run", None),
+    },
+    "likelihood": {
+        "log_likelihood": (
+            "log_likelihood(params (k, B, P, ...), x (B, ...)) -> (k, B): log p(x|z) without Distribution objects",
+            None,
+        ),
+        "factorized": ("False for one joint density over all values (no autoregressive decoder)", True),
+        "init_output_layer": (
+            "init_output_layer(conv): set up the decoder's output_layer for this likelihood",
+            None,
+        ),
+        "non_finite_advice": ("what to change when this likelihood makes the training loss non-finite", None),
+        "detach_spread": ("detach_spread(params): params with all but the mean cut from the graph", None),
+    },
+}
+PROTOCOLS: dict[str, type] = {
+    "encoder": Encoder,
+    "posterior": Posterior,
+    "prior": Prior,
+    "decoder": Decoder,
+    "likelihood": Likelihood,
+}
+
+
+def optional(part: object, name: str) -> Any:
+    """The optional hook ``name`` of ``part`` (declared in ``OPTIONAL``), or its declared default."""
+    for hooks in OPTIONAL.values():
+        if name in hooks:
+            return getattr(part, name, hooks[name][1])
+    raise KeyError(f"{name} is not a declared optional hook")
+
+
+def conform(parts: dict[str, object]) -> None:
+    """Check each built part against its Protocol: one ConfigError line naming the group and what is missing. Runs
+    once per run, before training; after it the runner reads required members directly and optional hooks through
+    ``optional``."""
+    for group, part in parts.items():
+        missing = [name for name in _members(PROTOCOLS[group]) if not hasattr(part, name)]
+        if missing:
+            raise ConfigError(
+                f"{group}: {type(part).__name__} lacks {', '.join(missing)}, which every {group} must have "
+                "(vae_experiments/contracts.py)"
+            )
+    decoder = parts["decoder"]
+    if decoder.autoregressive and not callable(getattr(decoder, "sample", None)):  # type: ignore[attr-defined]
+        raise ConfigError(
+            f"decoder: the autoregressive {type(decoder).__name__} lacks sample(z, likelihood), which generation needs"
+        )
+
+
+def _members(protocol: type) -> list[str]:
+    names = set(getattr(protocol, "__annotations__", {}))
+    names |= {n for n, v in vars(protocol).items() if callable(v) and not n.startswith("_")}
+    if "__call__" in vars(protocol):
+        names.add("__call__")
+    return sorted(names)
+
+
+def require_event_shape(dist: Distribution, batch: int, event: tuple[int, ...]) -> None:
+    """Raise when a part returns a distribution of the wrong shape (the part tests use it)."""
     if tuple(dist.batch_shape) != (batch,) or tuple(dist.event_shape) != tuple(event):
         raise ValueError(
             f"expected batch_shape ({batch},) and event_shape {tuple(event)}, "

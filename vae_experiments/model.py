@@ -2,30 +2,53 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution, Independent, kl_divergence
 
+from vae_experiments.contracts import conform, optional
 
-@dataclass
-class ELBOTerms:
-    """Per-sample pieces of the bound for ``k`` posterior samples of each of ``B`` examples (nats per example).
 
-    ``log_px_z``, ``log_qz``, ``log_pz``: (k, B). ``kl``: (B,) in closed form when one is registered for the
-    posterior/prior pair (``analytic_kl``), else the Monte-Carlo estimate ``log q(z|x) - log p(z)`` of shape (k, B).
+@dataclass(eq=False, kw_only=True)
+class Latent:
+    """``k`` reparameterised samples of q(z|x) for each of ``B`` examples, and the KL per example (nats).
+
+    ``z``: (k, B, d); ``kl``: (B,), KL(q(z|x) || p(z)) in closed form when torch's registry has one for the
+    posterior/prior pair (``analytic_kl``), else the Monte-Carlo estimate mean_k [log q(z_k|x) - log p(z_k)] over the
+    same samples. ``log_qz`` and ``log_pz`` (k, B) are computed on first use: a closed-form KL needs neither, and a
+    posterior that samples and scores in one pass (``rsample_and_log_prob``) or the Monte-Carlo KL has them already.
     """
 
-    z: Tensor
     q: Distribution
-    log_px_z: Tensor
-    log_qz: Tensor
-    log_pz: Tensor
+    z: Tensor
     kl: Tensor
     analytic_kl: bool
+    log_prior: Callable[[Tensor], Tensor] = field(repr=False)
+    known_log_qz: Tensor | None = field(default=None, repr=False)
+    known_log_pz: Tensor | None = field(default=None, repr=False)
+
+    @property
+    def log_qz(self) -> Tensor:
+        if self.known_log_qz is None:
+            self.known_log_qz = self.q.log_prob(self.z)
+        return self.known_log_qz
+
+    @property
+    def log_pz(self) -> Tensor:
+        if self.known_log_pz is None:
+            self.known_log_pz = self.log_prior(self.z)
+        return self.known_log_pz
+
+
+@dataclass(eq=False, kw_only=True)
+class ELBOTerms(Latent):
+    """A ``Latent`` and ``log_px_z`` (k, B): log p(x|z_k) for each sample, nats per example."""
+
+    log_px_z: Tensor
 
     @property
     def log_weights(self) -> Tensor:
@@ -35,12 +58,12 @@ class ELBOTerms:
     @property
     def elbo(self) -> Tensor:
         """E_q[log p(x|z)] - KL(q || p), per example (B,), averaged over the k samples."""
-        return self.log_px_z.mean(0) - (self.kl if self.analytic_kl else self.kl.mean(0))
+        return self.log_px_z.mean(0) - self.kl
 
 
 def closed_form_kl(q: Distribution, prior: nn.Module) -> Tensor | None:
     """KL(q || p) from torch's registry, or ``None`` when the pair has none (flow priors, IAF posteriors)."""
-    p = prior.distribution() if hasattr(prior, "distribution") else None
+    p = prior.distribution()
     if p is None:
         return None
     try:
@@ -51,7 +74,7 @@ def closed_form_kl(q: Distribution, prior: nn.Module) -> Tensor | None:
 
 def kl_per_dim(q: Distribution, prior: nn.Module) -> Tensor | None:
     """KL per latent dimension (B, d) when q and p both factorise over dimensions, else ``None``."""
-    p = prior.distribution() if hasattr(prior, "distribution") else None
+    p = prior.distribution()
     if not (isinstance(q, Independent) and isinstance(p, Independent)):
         return None
     try:
@@ -101,7 +124,7 @@ class VAE(nn.Module):
 
     @property
     def autoregressive(self) -> bool:
-        return bool(getattr(self.decoder, "autoregressive", False))
+        return bool(self.decoder.autoregressive)
 
     def encode(self, x: Tensor) -> Distribution:
         if self.channels_last and x.dim() == 4:
@@ -116,12 +139,13 @@ class VAE(nn.Module):
             return self.likelihood(self.decoder(z, x))
         return self.likelihood(self.decoder(z))
 
-    def sample_posterior(self, q: Distribution, k: int) -> tuple[Tensor, Tensor]:
-        """``k`` reparameterised samples (k, B, d) and their log q (k, B), in one pass where the posterior allows."""
-        if hasattr(q, "rsample_and_log_prob"):
-            return q.rsample_and_log_prob((k,))
-        z = q.rsample((k,))
-        return z, q.log_prob(z)
+    def sample_posterior(self, q: Distribution, k: int) -> tuple[Tensor, Tensor | None]:
+        """``k`` reparameterised samples (k, B, d), and their log q (k, B) when the posterior gives it in the same pass
+        (``rsample_and_log_prob``), else ``None``."""
+        joint = optional(q, "rsample_and_log_prob")
+        if joint is not None:
+            return joint((k,))
+        return q.rsample((k,)), None
 
     def log_likelihood(self, z: Tensor, x: Tensor) -> Tensor:
         """log p(x|z) for ``z`` of shape (k, B, d) and ``x`` (B, ...): (k, B), one decoder pass over k*B rows.
@@ -131,7 +155,7 @@ class VAE(nn.Module):
         """
         k, batch = z.shape[:2]
         flat_z = z.reshape(k * batch, -1)
-        fast = getattr(self.likelihood, "log_likelihood", None)
+        fast = optional(self.likelihood, "log_likelihood")
         if fast is not None and not self.autoregressive:
             params = self.decoder(flat_z)
             return fast(params.view(k, batch, *params.shape[1:]), x)
@@ -142,15 +166,25 @@ class VAE(nn.Module):
         """log p(z) for ``z`` of shape (k, B, d): (k, B)."""
         return self.prior.log_prob(z.reshape(-1, z.shape[-1])).view(z.shape[:2])
 
-    def terms(self, x: Tensor, k: int = 1, q: Distribution | None = None) -> ELBOTerms:
-        """Everything an objective or an estimator needs, for ``k`` samples per example (k*B decoder rows)."""
+    def latent(self, x: Tensor, k: int = 1, q: Distribution | None = None) -> Latent:
+        """q(z|x) (``q`` when given), ``k`` samples and the KL per example: the one place that chooses between the
+        closed-form KL and its Monte-Carlo estimate (``Latent``)."""
         q = self.encode(x) if q is None else q
         z, log_qz = self.sample_posterior(q, k)
-        log_px_z = self.log_likelihood(z, x)
-        log_pz = self.log_prior(z)
         kl = closed_form_kl(q, self.prior)
-        analytic = kl is not None
-        return ELBOTerms(z, q, log_px_z, log_qz, log_pz, kl if analytic else log_qz - log_pz, analytic)
+        analytic, log_pz = kl is not None, None
+        if kl is None:
+            log_qz = q.log_prob(z) if log_qz is None else log_qz
+            log_pz = self.log_prior(z)
+            kl = (log_qz - log_pz).mean(0)
+        return Latent(
+            q=q, z=z, kl=kl, analytic_kl=analytic, log_prior=self.log_prior, known_log_qz=log_qz, known_log_pz=log_pz
+        )
+
+    def terms(self, x: Tensor, k: int = 1, q: Distribution | None = None) -> ELBOTerms:
+        """Everything an objective or an estimator needs, for ``k`` samples per example (k*B decoder rows)."""
+        latent = self.latent(x, k, q)
+        return ELBOTerms(**vars(latent), log_px_z=self.log_likelihood(latent.z, x))
 
     @torch.no_grad()
     def sample(self, n: int, mean: bool = True) -> Tensor:
@@ -188,6 +222,9 @@ def build_model(
     posterior = parts["posterior"](in_features=encoder.out_features, latent_dim=latent_dim)
     prior = parts["prior"](latent_dim=latent_dim)
     decoder = parts["decoder"](latent_dim=latent_dim, out_shape=out_shape, data_shape=data_shape)
-    if hasattr(likelihood, "init_output_layer") and hasattr(decoder, "output_layer"):
-        likelihood.init_output_layer(decoder.output_layer)
+    conform({"encoder": encoder, "posterior": posterior, "prior": prior, "decoder": decoder, "likelihood": likelihood})
+    init_output_layer = optional(likelihood, "init_output_layer")
+    output_layer = optional(decoder, "output_layer")
+    if init_output_layer is not None and output_layer is not None:
+        init_output_layer(output_layer)
     return VAE(encoder, posterior, prior, decoder, likelihood, data_shape, latent_dim)

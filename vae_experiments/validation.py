@@ -1,9 +1,10 @@
 """Checks that run before training: every problem becomes one ``ConfigError`` line naming the fix.
 
-Three layers: (1) building each part turns its constructor's ``ValueError`` into ``GROUP: message``; (2) rules about
-combinations (data levels vs likelihood, autoregressive decoders vs joint likelihoods, and any part's own ``check``
-hook); (3) a pre-flight forward pass on two random examples of the data's shape, which catches shape mismatches
-between encoder, posterior, decoder and likelihood in milliseconds instead of after the first epoch.
+Three layers: (1) building each part turns its constructor's ``ValueError`` into ``GROUP: message``, and the built
+parts are held against their contracts (``vae_experiments.contracts``); (2) rules about combinations (data levels vs
+likelihood, autoregressive decoders vs joint likelihoods, and any part's own ``refuse_unsupported`` hook); (3) a
+pre-flight forward pass on two random examples of the data's shape, which catches shape mismatches between encoder,
+posterior, decoder and likelihood in milliseconds instead of after the first epoch.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import torch
 from hydra.errors import InstantiationException
 from omegaconf import DictConfig
 
+from vae_experiments.contracts import optional
 from vae_experiments.errors import ConfigError
 
 
@@ -29,7 +31,7 @@ def one_line(exc: BaseException) -> str:
     return text[0] if text else type(exc).__name__
 
 
-def instantiate(node: DictConfig | Any, group: str, **kwargs: Any) -> Any:
+def build_node(node: DictConfig | Any, group: str, **kwargs: Any) -> Any:
     """``hydra.utils.instantiate`` with errors reported as ``GROUP: first line of the cause``."""
     if node is None:
         raise ConfigError(f"{group} is not set: choose one with {group}=NAME")
@@ -54,10 +56,10 @@ def build_part(factory: Any, group: str, **kwargs: Any) -> Any:
         raise ConfigError(f"{group}: {one_line(exc)}") from None
 
 
-def check_combination(model: Any, datamodule: Any, objective: Any) -> None:
-    """Rules no single part can check alone, then each part's own ``check(model, datamodule)`` hook."""
-    likelihood_levels = getattr(model.likelihood, "levels", None)
-    data_levels = getattr(datamodule, "levels", None)
+def validate_combination(model: Any, datamodule: Any, objective: Any) -> None:
+    """Rules no single part can check alone, then each part's own ``refuse_unsupported(model, datamodule)`` hook."""
+    likelihood_levels = model.likelihood.levels
+    data_levels = datamodule.levels
     name = type(model.likelihood).__name__
     if likelihood_levels == 2 and len(model.data_shape) == 3 and model.data_shape[0] == 3 and data_levels != 2:
         raise ConfigError(
@@ -69,7 +71,7 @@ def check_combination(model: Any, datamodule: Any, objective: Any) -> None:
             f"{name} is a mass over {likelihood_levels} levels but the data have {data_levels}; "
             "use 8-bit data (dataset.binarize=none) or likelihood=bernoulli / likelihood=gaussian"
         )
-    if model.autoregressive and not getattr(model.likelihood, "factorized", True):
+    if model.autoregressive and not optional(model.likelihood, "factorized"):
         raise ConfigError(
             f"{name} is one joint distribution over all pixels and cannot be sampled pixel by pixel by "
             f"{type(model.decoder).__name__}; use a non-autoregressive decoder (decoder=conv, resnet or mlp)"
@@ -82,8 +84,9 @@ def check_combination(model: Any, datamodule: Any, objective: Any) -> None:
         model.likelihood,
         objective,
     ):
-        if hasattr(part, "check"):
-            part.check(model, datamodule)
+        refuse_unsupported = optional(part, "refuse_unsupported")
+        if refuse_unsupported is not None:
+            refuse_unsupported(model, datamodule)
 
 
 def preflight(model: Any, objective: Any) -> Any:
@@ -91,7 +94,7 @@ def preflight(model: Any, objective: Any) -> Any:
 
     Returns the ``ELBOTerms`` of that pass (``describe`` reads how the KL is computed from them)."""
     x = torch.rand(2, *model.data_shape)
-    if getattr(model.likelihood, "levels", None) == 2:
+    if model.likelihood.levels == 2:
         x = x.round()
     was_training = model.training
     model.eval()  # BatchNorm must not learn from random inputs
@@ -99,7 +102,7 @@ def preflight(model: Any, objective: Any) -> Any:
         with torch.no_grad():
             terms = model.terms(x, 1)
             if objective.automatic_optimization:
-                objective.loss(model, x, 0)
+                objective.loss(model, x)
     except ConfigError:
         raise
     except (RuntimeError, ValueError, IndexError) as exc:
@@ -120,6 +123,7 @@ def describe(model: Any, terms: Any) -> dict[str, str]:
     posterior/prior pair has no closed form: an AF prior, an IAF posterior), and an autoregressive decoder's
     ``decoder/receptive_field`` ("A x B": A wide, B tall above the pixel, (A - 1) / 2 to its left)."""
     info = {"kl_estimator": "analytic" if terms.analytic_kl else "mc"}
-    if hasattr(model.decoder, "receptive_field"):
-        info["decoder/receptive_field"] = str(model.decoder.receptive_field)
+    receptive_field = optional(model.decoder, "receptive_field")
+    if receptive_field is not None:
+        info["decoder/receptive_field"] = str(receptive_field)
     return info

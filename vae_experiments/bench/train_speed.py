@@ -1,8 +1,8 @@
 """trainer.fit's step against a plain PyTorch loop: one model, one loss, the same batches, alternating rounds.
 
-The plain loop is what a researcher would write by hand: the objective's ``loss`` called directly, ``backward``,
-the optimiser's ``step`` (objectives with their own optimisation, such as Soft-IntroVAE, run their own
-``training_step`` against a minimal stand-in for the LightningModule). Both sides time whole iterations start to start,
+The plain loop is what a researcher would write by hand: the objective's step called directly, ``backward``,
+the optimiser's ``step`` (objectives with their own optimisation, such as Soft-IntroVAE, step on a plain
+``StepContext``). Both sides time whole iterations start to start,
 so the ratio of their medians is the runner's overhead, measured under the same load.
 """
 
@@ -21,7 +21,9 @@ from torch.optim import Optimizer
 from torch.utils.data import DataLoader
 
 from vae_experiments.bench.timing import StepClock, intervals, median, peak_memory_mib, reset_peak, stamp, sync
+from vae_experiments.capture import CapturedStep, CudaGraphs, capture_training
 from vae_experiments.module import VAEModule
+from vae_experiments.objectives.base import StepContext, run_iteration
 from vae_experiments.runtime import wants_channels_last
 
 AUTOCAST = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
@@ -63,34 +65,12 @@ def optimizers_of(configured: Any) -> list[Optimizer]:
     return [o["optimizer"] if isinstance(o, dict) else o for o in configured]
 
 
-class PlainDriver:
-    """The little an objective's own ``training_step`` asks of its module, without Lightning."""
-
-    def __init__(self, model: nn.Module, optimizers: list[Optimizer]) -> None:
-        self.model = model
-        self._optimizers = optimizers
-        self.global_step = 0
-        self.current_epoch = 0
-
-    def optimizers(self) -> Optimizer | list[Optimizer]:
-        return self._optimizers[0] if len(self._optimizers) == 1 else self._optimizers
-
-    def manual_backward(self, loss: Tensor) -> None:
-        loss.backward()
-
-    def log_metrics(self, stage: str, logs: dict[str, Tensor], batch_size: int) -> None:
-        """Plain loops do not log."""
-
-    def check_finite(self, loss: Tensor, *optimizers: Optimizer, detail: Any = None) -> None:
-        """Plain loops do not guard against a non-finite loss."""
-
-
 def plain_step(model: nn.Module, objective: Any, optimizer: Optimizer, x: Tensor) -> Callable[[int], None]:
     """One iteration of the plainest loop on a fixed batch: zero_grad, ``objective.loss``, backward, step."""
 
     def step(i: int) -> None:
         optimizer.zero_grad(set_to_none=True)
-        loss, _ = objective.loss(model, x, i)
+        loss, _ = objective.loss(model, x)
         loss.backward()
         optimizer.step()
 
@@ -98,32 +78,44 @@ def plain_step(model: nn.Module, objective: Any, optimizer: Optimizer, x: Tensor
 
 
 def plain_step_times(
-    module: VAEModule, batches: list[Tensor], precision: str, clip: float | None
+    module: VAEModule, batches: list[Tensor], precision: str, clip: float | None, capture: bool = False
 ) -> tuple[list[float], list[float]]:
     """Wall and CPU seconds per iteration of a hand-written loop over ``batches`` (start to start; the last
-    iteration is dropped, as the runner's is)."""
+    iteration is dropped, as the runner's is). Objectives with their own optimisation run their step on a plain
+    ``StepContext``. ``capture`` (CUDA): each iteration through the same CUDA-graph recording the runner uses."""
     model, objective = module.model, module.objective
     device = batches[0].device
     model.train()
-    driver = PlainDriver(model, optimizers_of(objective.configure_optimizers(model, module.optimizer_factory)))
+    optimizers = optimizers_of(objective.configure_optimizers(model, module.optimizer_factory))
     cast = autocast(device, precision)
+    recorder = None
+    if capture:
+        for optimizer in optimizers:
+            for group in optimizer.param_groups:
+                group["capturable"] = True
+        recorder = CapturedStep(CudaGraphs(), prepare=lambda: [o.zero_grad(set_to_none=True) for o in optimizers])
     stamps: list[tuple[float, float]] = []
-    for x in batches:
+    for step, x in enumerate(batches):
         stamps.append(stamp(device))
-        if objective.automatic_optimization:
-            (opt,) = driver._optimizers
+        objective.set_step(step * objective.optimizer_steps_per_batch)
+        ctx = StepContext(model, optimizers, global_step=step * objective.optimizer_steps_per_batch)
+        if recorder is not None:
+            with cast:
+                recorder(tuple(x.shape), lambda batch, ctx=ctx: run_iteration(objective, ctx, batch).logs, x)
+        elif objective.automatic_optimization:
+            (opt,) = optimizers
             opt.zero_grad(set_to_none=True)
             with cast:
-                loss, _ = objective.loss(model, x, driver.global_step)
-            loss.backward()
+                out = objective.training_step(ctx, x)
+            out.loss.backward()
             if clip:
                 nn.utils.clip_grad_norm_(model.parameters(), clip)
             opt.step()
+            objective.after_update(ctx, out)
         else:
             with cast:
-                objective.training_step(driver, x)
-        objective.on_train_batch_end(driver)
-        driver.global_step += 1
+                out = objective.training_step(ctx, x)
+            objective.after_update(ctx, out)
     return intervals(stamps)
 
 
@@ -138,6 +130,8 @@ def runner_step_times(cfg: DictConfig, module: VAEModule, batches: list[Tensor])
         cfg.trainer.num_sanity_val_steps = 0
     step_clock = StepClock()
     trainer = build_trainer(cfg, step_clock)
+    if cfg.get("capture") and trainer.strategy.root_device.type == "cuda":
+        capture_training(trainer, module)
     loader = DataLoader(batches, batch_size=None, shuffle=False)
     trainer.fit(module, train_dataloaders=loader)
     return intervals(step_clock.stamps)
@@ -159,13 +153,14 @@ def compare(cfg: DictConfig, module: VAEModule, batches: list[Tensor], warmup: i
     device = batches[0].device
     precision = str(cfg.trainer.get("precision", "32-true"))
     clip = cfg.trainer.get("gradient_clip_val")
+    capture = bool(cfg.get("capture")) and device.type == "cuda" and not clip
     compile_model = bool(cfg.get("compile", False))
     nhwc = wants_channels_last(cfg.get("channels_last", False), device, module.model)
     sides: dict[str, dict[str, list[float]]] = {s: {"wall": [], "cpu": []} for s in ("plain", "runner")}
     memory: dict[str, dict[str, float]] = {}
     for _ in range(rounds):
         reset_peak(device)
-        times = plain_step_times(fresh(module, compile_model, nhwc).to(device), batches, precision, clip)
+        times = plain_step_times(fresh(module, compile_model, nhwc).to(device), batches, precision, clip, capture)
         memory["plain"] = peak_memory_mib(device)
         for clock_name, values in zip(("wall", "cpu"), times, strict=True):
             sides["plain"][clock_name].append(median(values[warmup:]))
@@ -181,6 +176,7 @@ def compare(cfg: DictConfig, module: VAEModule, batches: list[Tensor], warmup: i
         "warmup": warmup,
         "rounds": rounds,
         "precision": precision,
+        "capture": capture,
         "memory": memory,
     }
     for side, clocks in sides.items():

@@ -1,4 +1,4 @@
-"""SOS-VAE's KL-constrained objective (Langley et al., TMLR 2022; REFERENCE.md 2.3): a damped Lagrangian.
+"""SOS-VAE's KL-constrained objective (Langley et al., TMLR 2022; docs/sos_vae.md#objective): a damped Lagrangian.
 
 The modified differential method of multipliers (Platt & Barr, 1988) on the equality constraint KL = kappa per image,
 with the authors' sums over the batch.
@@ -6,17 +6,16 @@ with the authors' sums over the batch.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Hashable
+from typing import Any
 
 import torch
 from torch import Tensor
 
+from vae_experiments.contracts import optional
 from vae_experiments.errors import ConfigError
-from vae_experiments.model import VAE, closed_form_kl
-from vae_experiments.objectives.base import Objective
-
-if TYPE_CHECKING:
-    from vae_experiments.module import VAEModule
+from vae_experiments.model import VAE
+from vae_experiments.objectives.base import Objective, StepContext, StepOutput
 
 
 class ConstrainedKL(Objective):
@@ -57,10 +56,9 @@ class ConstrainedKL(Objective):
         self.mean_only_epochs = mean_only_epochs
         self.register_buffer("lambda_kl", torch.zeros(()))
         self.register_buffer("lambda_entropy", torch.zeros(()))
-        self._pending: tuple[Tensor, Tensor | None] | None = None
 
-    def check(self, model: VAE, datamodule: Any) -> None:
-        if self.mean_only_epochs and (model.autoregressive or not hasattr(model.likelihood, "detach_spread")):
+    def refuse_unsupported(self, model: VAE, datamodule: Any) -> None:
+        if self.mean_only_epochs and (model.autoregressive or optional(model.likelihood, "detach_spread") is None):
             raise ConfigError(
                 f"objective.mean_only_epochs needs a likelihood whose spread can be frozen and a non-autoregressive "
                 f"decoder, not {type(model.likelihood).__name__} with {type(model.decoder).__name__}: "
@@ -83,19 +81,13 @@ class ConstrainedKL(Objective):
         delta = self.damping * (target - total.detach())
         return (multiplier - delta) * c, c.detach()
 
-    def _loss(self, model: VAE, x: Tensor, mean_only: bool) -> tuple[Tensor, dict[str, Tensor], Tensor, Tensor | None]:
+    def _loss(self, model: VAE, x: Tensor, mean_only: bool) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor]]:
+        """The scaled Lagrangian, its logs, and the constraint values c the multipliers ascend on."""
         batch = x.shape[0]
-        q = model.encode(x)
-        z, log_qz = model.sample_posterior(q, 1)
-        if mean_only:
-            px = model.likelihood(model.likelihood.detach_spread(model.decoder(z[0])))
-        else:
-            px = model.decode(z[0], x)
-        log_px = px.log_prob(x)
-        kl = closed_form_kl(q, model.prior)
-        if kl is None:
-            kl = log_qz[0] - model.log_prior(z)[0]
-        recon, kl_sum = -log_px.sum(), kl.sum()
+        latent = model.latent(x)
+        z = latent.z[0]
+        px = model.likelihood(model.likelihood.detach_spread(model.decoder(z))) if mean_only else model.decode(z, x)
+        recon, kl_sum = -px.log_prob(x).sum(), latent.kl.sum()
         kl_term, c_kl = self._damped(kl_sum, self.kappa * batch, self.lambda_kl)
         total = recon + kl_term
         logs = {
@@ -104,34 +96,31 @@ class ConstrainedKL(Objective):
             "elbo": -(recon + kl_sum).detach() / batch,
             "lambda_kl": self.lambda_kl.detach().clone(),
         }
-        c_entropy = None
+        constraints = {"kl": c_kl}
         if self.target_entropy is not None:
             entropy = px.entropy().sum()
-            entropy_term, c_entropy = self._damped(entropy, self.target_entropy * batch, self.lambda_entropy)
+            entropy_term, constraints["entropy"] = self._damped(
+                entropy, self.target_entropy * batch, self.lambda_entropy
+            )
             total = total + entropy_term
             logs |= {"entropy": entropy.detach() / batch, "lambda_entropy": self.lambda_entropy.detach().clone()}
         loss = total / batch
         logs["loss"] = loss.detach()
-        return loss, logs, c_kl, c_entropy
+        return loss, logs, constraints
 
-    def loss(self, model: VAE, x: Tensor, step: int) -> tuple[Tensor, dict[str, Tensor]]:
-        loss, logs, _, _ = self._loss(model, x, mean_only=False)
+    def loss(self, model: VAE, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        loss, logs, _ = self._loss(model, x, mean_only=False)
         return loss, logs
 
-    def training_step(self, module: VAEModule, x: Tensor) -> Tensor:
-        mean_only = module.current_epoch < self.mean_only_epochs
-        loss, logs, c_kl, c_entropy = self._loss(module.model, x, mean_only)
-        self._pending = (c_kl, c_entropy)
-        module.log_metrics("train", logs, batch_size=x.shape[0])
-        return loss
+    def step_variant(self, epoch: int) -> Hashable:
+        return epoch < self.mean_only_epochs
 
-    def on_train_batch_end(self, module: VAEModule, logs: dict[str, Tensor] | None = None) -> None:
+    def training_step(self, ctx: StepContext, x: Tensor) -> StepOutput:
+        loss, logs, constraints = self._loss(ctx.model, x, mean_only=ctx.epoch < self.mean_only_epochs)
+        return StepOutput(loss, logs, state=constraints)
+
+    def after_update(self, ctx: StepContext, out: StepOutput) -> None:
         """The multipliers' ascent step, after the weights' step: lambda <- max(0, lambda + lambda_lr c)."""
-        if self._pending is None:
-            return
-        trainer = getattr(module, "_trainer", None)  # None outside trainer.fit (a bare step in a test)
-        reduce = trainer.strategy.reduce if trainer is not None else (lambda t, reduce_op: t)
-        for multiplier, c in zip((self.lambda_kl, self.lambda_entropy), self._pending, strict=True):
-            if c is not None:
-                multiplier.add_(self.lambda_lr * reduce(c, reduce_op="mean")).clamp_(min=0)
-        self._pending = None
+        for name, multiplier in (("kl", self.lambda_kl), ("entropy", self.lambda_entropy)):
+            if name in out.state:
+                multiplier.add_(self.lambda_lr * ctx.reduce_mean(out.state[name])).clamp_(min=0)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
@@ -10,11 +10,8 @@ from torch.distributions import Distribution
 
 from vae_experiments.errors import ConfigError
 from vae_experiments.model import VAE, kl_per_dim
-from vae_experiments.objectives.base import Objective
+from vae_experiments.objectives.base import Objective, StepContext, StepOutput, logged
 from vae_experiments.schedules import Schedule
-
-if TYPE_CHECKING:
-    from vae_experiments.module import VAEModule
 
 
 class ELBO(Objective):
@@ -42,15 +39,18 @@ class ELBO(Objective):
             raise ValueError(f"objective.free_bits_groups must be 'dim' or 'all', got {free_bits_groups!r}")
         if samples < 1:
             raise ValueError(f"objective.samples must be >= 1, got {samples}")
-        self.beta = beta
-        self.free_bits = free_bits
+        self.scheduled("beta", beta)
+        self.scheduled("free_bits", free_bits)
+        # free bits are part of the step when set (a schedule, or a positive lambda): a structural choice, so that
+        # the step never branches on a tensor's value
+        self.uses_free_bits = callable(free_bits) or free_bits > 0
         self.free_bits_groups = free_bits_groups
         self.samples = samples
 
-    def check(self, model: VAE, datamodule: Any) -> None:
+    def refuse_unsupported(self, model: VAE, datamodule: Any) -> None:
         """Free bits per dimension need KL(q(z_j|x) || p(z_j)) per dimension, which an AF prior or an IAF posterior
         does not have (their KL is one Monte-Carlo number per example)."""
-        if self.free_bits_groups != "dim" or (not callable(self.free_bits) and self.free_bits <= 0):
+        if self.free_bits_groups != "dim" or not self.uses_free_bits:
             return
         x = torch.zeros(2, *model.data_shape)
         was_training = model.training
@@ -64,38 +64,37 @@ class ELBO(Objective):
                 f"{type(model.prior).__name__} has not (Monte-Carlo KL): set objective.free_bits_groups=all"
             )
 
-    def kl_term(self, model: VAE, q: Distribution, kl: Tensor, step: int) -> Tensor:
-        """The KL of the training surrogate (before beta): free bits when lambda > 0, else the batch-mean KL."""
-        lam = self.weight(self.free_bits, step)
-        if lam <= 0:
-            return kl.mean()
+    def kl_term(self, model: VAE, q: Distribution, kl: Tensor, kl_mean: Tensor) -> Tensor:
+        """The KL of the training surrogate (before beta): free bits when set, else the batch-mean KL ``kl_mean``."""
+        if not self.uses_free_bits:
+            return kl_mean
         if self.free_bits_groups == "all":
-            return kl.mean().clamp(min=lam)
+            return kl_mean.clamp(min=self.free_bits)
         per_dim = kl_per_dim(q, model.prior)
         if per_dim is None:
             raise ValueError(
                 "free bits per dimension need a factorised posterior and prior: set objective.free_bits_groups=all"
             )
-        return per_dim.mean(0).clamp(min=lam).sum()
+        return per_dim.mean(0).clamp(min=self.free_bits).sum()
 
-    def loss(self, model: VAE, x: Tensor, step: int) -> tuple[Tensor, dict[str, Tensor]]:
+    def loss(self, model: VAE, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         t = model.terms(x, self.samples)
-        recon = t.log_px_z.mean(0)
-        kl = t.kl if t.analytic_kl else t.kl.mean(0)
-        beta = self.weight(self.beta, step)
-        loss = -recon.mean() + beta * self.kl_term(model, t.q, kl, step)
+        recon = t.log_px_z.mean(0).mean()
+        kl = t.kl.mean()
+        loss = -recon + self.beta * self.kl_term(model, t.q, t.kl, kl)
         return loss, {
             "loss": loss.detach(),
-            "elbo": (recon - kl).mean().detach(),
-            "recon": -recon.mean().detach(),
-            "kl": kl.mean().detach(),
-            "beta": torch.tensor(beta),
+            "elbo": (recon - kl).detach(),
+            "recon": -recon.detach(),
+            "kl": kl.detach(),
+            "beta": logged(self.beta),
         }
 
 
 class SoftFreeBits(ELBO):
-    """VLAE's soft free bits (Chen et al. 2017, Appendix C; REFERENCE 3.2): minimise -(E_q[log p(x|z)] - gamma KL),
-    0 < gamma <= 1, with gamma adapted after every optimiser step from that step's batch-mean KL:
+    """VLAE's soft free bits (Chen et al. 2017, Appendix C; docs/vlae.md#objective): minimise
+    -(E_q[log p(x|z)] - gamma KL), 0 < gamma <= 1, with gamma adapted after every optimiser step from that step's
+    batch-mean KL:
 
         KL > lambda (1 + threshold)  ->  gamma <- min(1, gamma (1 + rate))
         KL < lambda                  ->  gamma <- gamma (1 - rate)
@@ -119,26 +118,28 @@ class SoftFreeBits(ELBO):
             raise ValueError(f"objective.gamma_init must be in (0, 1], got {gamma_init}")
         if not 0 < rate < 1 or threshold < 0:
             raise ValueError(f"objective.rate must be in (0, 1) and threshold >= 0, got {rate}, {threshold}")
+        self.lam = float(free_bits)
         self.threshold, self.rate = threshold, rate
         self.register_buffer("gamma", torch.tensor(float(gamma_init)))
-        self._last_kl: Tensor | None = None
 
-    def kl_term(self, model: VAE, q: Distribution, kl: Tensor, step: int) -> Tensor:
-        self._last_kl = kl.detach().mean()
-        return self.gamma * kl.mean()
+    def kl_term(self, model: VAE, q: Distribution, kl: Tensor, kl_mean: Tensor) -> Tensor:
+        return self.gamma * kl_mean
 
     def update_gamma(self, kl: Tensor | float) -> None:
         """One step of the adaptive rule above, from the batch-mean KL in nats; on the device, with no host read."""
-        lam = float(self.free_bits)
         kl = torch.as_tensor(kl, dtype=self.gamma.dtype, device=self.gamma.device)
         grown = (self.gamma * (1 + self.rate)).clamp(max=1.0)
         shrunk = self.gamma * (1 - self.rate)
+        lam = self.lam
         self.gamma.copy_(torch.where(kl > lam * (1 + self.threshold), grown, torch.where(kl < lam, shrunk, self.gamma)))
 
-    def loss(self, model: VAE, x: Tensor, step: int) -> tuple[Tensor, dict[str, Tensor]]:
-        loss, logs = super().loss(model, x, step)
+    def loss(self, model: VAE, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        loss, logs = super().loss(model, x)
         return loss, {**logs, "gamma": self.gamma.detach().clone()}
 
-    def on_train_batch_end(self, module: VAEModule, logs: dict[str, Tensor] | None = None) -> None:
-        if self._last_kl is not None:
-            self.update_gamma(self._last_kl)
+    def training_step(self, ctx: StepContext, x: Tensor) -> StepOutput:
+        loss, logs = self.loss(ctx.model, x)
+        return StepOutput(loss, logs, state={"kl": logs["kl"]})
+
+    def after_update(self, ctx: StepContext, out: StepOutput) -> None:
+        self.update_gamma(out.state["kl"])

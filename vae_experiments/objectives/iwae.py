@@ -23,16 +23,15 @@ class IWAE(Objective):
             raise ValueError(f"objective.k must be >= 1, got {k}")
         self.k = k
 
-    def loss(self, model: VAE, x: Tensor, step: int) -> tuple[Tensor, dict[str, Tensor]]:
+    def loss(self, model: VAE, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         t = model.terms(x, self.k)
         log_w = t.log_weights
         bound = log_w.logsumexp(0) - math.log(self.k)
         loss = -bound.mean()
-        kl = t.kl if t.analytic_kl else t.kl.mean(0)
         return loss, {
             "loss": loss.detach(),
             "iwae": bound.mean().detach(),
             "elbo": log_w.mean().detach(),
             "recon": -t.log_px_z.mean().detach(),
-            "kl": kl.mean().detach(),
+            "kl": t.kl.mean().detach(),
         }
