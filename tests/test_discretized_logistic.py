@@ -11,7 +11,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from vae_experiments.contracts import check_event
+from vae_experiments.contracts import require_event_shape
 from vae_experiments.distributions.discretized_logistic import (
     DiscretizedLogisticMixtureLikelihood,
     logistic_bin_log_prob,
@@ -61,7 +61,7 @@ def test_grey_bins_sum_to_one_per_pixel() -> None:
     log_scales = torch.tensor([[-9.0, -3.0, 0.0], [2.0, -7.0, -5.0], [-4.0, -1.0, 1.0], [-7.0, -7.0, -6.0]])
     params = torch.cat([logits, means, log_scales], 1).to(D).reshape(4, 9, 1, 1)
     p = lik(params)
-    check_event(p, 4, (1, 1, 1))
+    require_event_shape(p, 4, (1, 1, 1))
     lp = p.log_prob(all_levels().reshape(256, 1, 1, 1, 1))  # (256, B): every level for every pixel
     assert lp.shape == (256, 4)
     torch.testing.assert_close(lp.logsumexp(0), torch.zeros(4, dtype=D), atol=1e-12, rtol=0)
@@ -245,6 +245,6 @@ def test_num_params_layout_and_config() -> None:
     with pytest.raises(ConfigError):
         lik.num_params(2)
     p = lik(torch.randn(5, 100, 4, 3))
-    check_event(p, 5, (3, 4, 3))
+    require_event_shape(p, 5, (3, 4, 3))
     assert p.sample().shape == (5, 3, 4, 3) and p.mean.shape == (5, 3, 4, 3)
     assert p.log_prob(torch.rand(5, 3, 4, 3)).shape == (5,)

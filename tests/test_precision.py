@@ -12,6 +12,7 @@ from torch.distributions import MultivariateNormal
 
 from tests.test_math_core import _linear_gaussian_vae
 from vae_experiments.distributions.flow_prior import AutoregressiveFlowPrior
+from vae_experiments.distributions.flow_scale import soft_clamp_log_scale
 from vae_experiments.distributions.iaf import IAFPosterior
 from vae_experiments.metrics.nll import importance_sampled_log_likelihood
 from vae_experiments.train import train
@@ -65,7 +66,8 @@ def test_iaf_log_density_under_bf16_autocast_is_computed_in_fp32() -> None:
     z = loc + scale * e
     expected = -(scale.log() + 0.5 * e.pow(2) + 0.5 * math.log(2 * math.pi)).sum(-1)
     for made in made_out:
-        m, log_sigma = made[..., 0].double(), F.logsigmoid(made[..., 1].double() + posterior.gate_bias)
+        m = made[..., 0].double()
+        log_sigma = soft_clamp_log_scale(F.logsigmoid(made[..., 1].double() + posterior.gate_bias))
         z = log_sigma.exp() * z + (1 - log_sigma.exp()) * m
         expected = expected - log_sigma.sum(-1)
     torch.testing.assert_close(log_q.double(), expected, rtol=1e-6, atol=1e-4)
@@ -81,7 +83,7 @@ def test_af_prior_log_density_under_bf16_autocast_is_computed_in_fp32() -> None:
     assert made_out[0].dtype == torch.bfloat16 and log_p.dtype == torch.float32
     eps, log_det = z.double(), torch.zeros(64, dtype=torch.float64)
     for made in made_out:  # inverse() runs the steps in reverse; the hooks saw them in that order
-        mu, log_sigma = made[..., 0].double(), made[..., 1].double()
+        mu, log_sigma = made[..., 0].double(), soft_clamp_log_scale(made[..., 1].double())
         eps = (eps - mu) * torch.exp(-log_sigma)
         log_det = log_det - log_sigma.sum(-1)
     expected = -0.5 * (eps.pow(2).sum(-1) + 32 * math.log(2 * math.pi)) + log_det

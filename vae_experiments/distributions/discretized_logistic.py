@@ -2,7 +2,7 @@
 
 Data x in [0, 1] on the grid k / (L - 1), k = 0..L-1 (L = ``levels``), handled internally as y = 2x - 1 in
 [-1, 1] with bin half-width h = 1 / (L - 1), the units PixelCNN++'s parameters are read in. For one channel,
-component k with location mu and scale s (REFERENCE.md 3.3):
+component k with location mu and scale s (docs/vae.md#likelihoods):
 
     P(y) = F((y + h - mu) / s) - F((y - h - mu) / s),   F the logistic CDF (sigmoid),
 
@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.distributions import Categorical, Distribution, constraints
 
+from vae_experiments.distributions.dtypes import at_least_float32
 from vae_experiments.errors import ConfigError
 
 
@@ -178,7 +179,7 @@ class DiscretizedLogisticMixtureLikelihood(nn.Module):
         )
 
     def forward(self, params: Tensor) -> DiscretizedLogisticMixture:
-        params = params.to(torch.promote_types(params.dtype, torch.float32))
+        params = at_least_float32(params)
         b, p, h, w = params.shape
         k = self.num_mixtures
         if p not in (3 * k, 10 * k):

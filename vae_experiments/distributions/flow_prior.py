@@ -1,10 +1,12 @@
-"""Autoregressive-flow prior p(z) (VLAE, Chen et al. 2017, Sec. 2.2 / Eqs. 12-14).
+"""Autoregressive-flow prior p(z) (VLAE, Chen et al. 2017, Sec. 3.2 / Eqs. 12-14).
 
     eps ~ u = N(0, I),  z = f(eps),  z_i = eps_i sigma_i(z_<i) + mu_i(z_<i)          (sampling: sequential)
     eps_i = (z_i - mu_i(z_<i)) / sigma_i(z_<i),  log p(z) = log u(eps) - sum_i log sigma_i (density: parallel)
 
 K such steps are stacked (z = f_K(...f_1(eps))), each a MADE, the variable order reversed between steps.
-``mean_only`` (sigma = 1, log-det 0) is VLAE's binary setup.
+``mean_only`` (sigma = 1, log-det 0) is VLAE's binary setup. Otherwise log sigma_i = 5 tanh(a_i / 5) for the MADE's
+second output a_i, the soft clamp the IAF posterior's steps share (``flow_scale``): a diverging MADE cannot make
+sigma over- or underflow.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution
 
+from vae_experiments.distributions.dtypes import at_least_float32
+from vae_experiments.distributions.flow_scale import soft_clamp_log_scale
 from vae_experiments.nets.made import MADE
 
 
@@ -25,8 +29,8 @@ def standard_normal_log_prob(eps: Tensor) -> Tensor:
 
 class AutoregressiveFlowPrior(nn.Module):
     """``prior=af``: ``steps`` MADE flow steps (``hidden_layers`` x ``hidden_units``, ReLU), ``mean_only``
-    or affine (sigma = exp of the MADE's second output). Defaults: REFERENCE 3.3, "4 steps, 3-layer MADE,
-    640 units", read as 2 hidden layers (3 weight layers)."""
+    or affine (log sigma = the soft-clamped second output of the MADE). Defaults: VLAE's binary setup, "4 steps,
+    3-layer MADE, 640 units", read as 2 hidden layers (3 weight layers; docs/vlae.md#where-the-authors-code-differs)."""
 
     def __init__(
         self,
@@ -54,9 +58,9 @@ class AutoregressiveFlowPrior(nn.Module):
 
     def _shift_log_scale(self, k: int, z: Tensor) -> tuple[Tensor, Tensor]:
         out = self.mades[k](z)
-        out = out.to(torch.promote_types(out.dtype, torch.float32))  # out of autocast's bf16: the log-det sums in fp32
+        out = at_least_float32(out)  # out of autocast's bf16: the log-det sums in fp32
         mu = out[..., 0]
-        return mu, torch.zeros_like(mu) if self.mean_only else out[..., 1]
+        return mu, torch.zeros_like(mu) if self.mean_only else soft_clamp_log_scale(out[..., 1])
 
     def inverse(self, z: Tensor) -> tuple[Tensor, Tensor]:
         """f^{-1}(z) in one parallel pass per step, and log|det J_{f^{-1}}(z)| = -sum_i log sigma_i."""

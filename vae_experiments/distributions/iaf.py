@@ -1,8 +1,11 @@
-"""Inverse-autoregressive-flow posterior q(z|x) (Kingma et al. 2016, Eqs. 10-15).
+"""Inverse-autoregressive-flow posterior q(z|x) (Kingma et al. 2016, Eqs. 9-14).
 
     z_0 = mu_0 + sigma_0 * eps,  eps ~ N(0, I);   (mu_0, sigma_0, c) = head(h)
     z_t = sigma_t z_{t-1} + (1 - sigma_t) m_t,  (m_t, s_t) = MADE_t(z_{t-1}, c),  sigma_t = sigmoid(s_t + b)
     log q(z_T|x) = -sum_i [ log sigma_0,i + eps_i^2 / 2 + log(2 pi) / 2 + sum_t log sigma_t,i ]
+
+The gate bounds sigma_t above by 1; below, log sigma_t is soft-clamped at -5 (5 tanh(log sigma_t / 5), the rule the
+autoregressive-flow prior's steps share, ``flow_scale``), so a closed gate cannot make log q infinite.
 
 Sampling and log q of the sample are one parallel pass per step; log q of an arbitrary z inverts each step,
 which takes d sequential passes of its MADE (exact after d passes, one more variable fixed per pass).
@@ -17,6 +20,8 @@ import torch.nn.functional as F
 from torch import Size, Tensor, nn
 from torch.distributions import Distribution, constraints
 
+from vae_experiments.distributions.dtypes import at_least_float32
+from vae_experiments.distributions.flow_scale import soft_clamp_log_scale
 from vae_experiments.nets.made import MADE
 
 _EMPTY = Size()
@@ -40,8 +45,8 @@ class IAFDistribution(Distribution):
     def _step(self, t: int, z: Tensor) -> tuple[Tensor, Tensor]:
         """(m_t, log sigma_t) at z_{t-1} = z."""
         out = self.mades[t](z, self.context)
-        out = out.to(torch.promote_types(out.dtype, torch.float32))  # out of autocast's bf16: the log-det sums in fp32
-        return out[..., 0], F.logsigmoid(out[..., 1] + self.gate_bias)
+        out = at_least_float32(out)  # out of autocast's bf16: the log-det sums in fp32
+        return out[..., 0], soft_clamp_log_scale(F.logsigmoid(out[..., 1] + self.gate_bias))
 
     def transform(self, eps: Tensor) -> tuple[Tensor, Tensor]:
         """(z_T, log q(z_T|x)) for base noise ``eps`` of shape (*sample_shape, B, d), one pass per step."""
@@ -114,6 +119,6 @@ class IAFPosterior(nn.Module):
     def forward(self, h: Tensor) -> IAFDistribution:
         d = self.latent_dim
         out = self.head(h)
-        out = out.to(torch.promote_types(out.dtype, torch.float32))  # the density in fp32 under autocast
+        out = at_least_float32(out)  # the density in at least fp32 under autocast
         mu, a, context = out[..., :d], out[..., d : 2 * d], out[..., 2 * d :]
         return IAFDistribution(mu, torch.exp(0.5 * a), context, self.mades, self.gate_bias)

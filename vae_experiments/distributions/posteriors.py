@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.distributions import Distribution, Independent, Normal
 
+from vae_experiments.distributions.dtypes import at_least_float32
 from vae_experiments.nets.heads import output_heads
 
 
@@ -39,7 +40,7 @@ class DiagonalGaussianPosterior(nn.Module):
         self.head = output_heads(in_features, [latent_dim, latent_dim], head_hidden, head_act)
 
     def forward(self, h: Tensor) -> Distribution:
-        mu, a = self.head(h).float().chunk(2, dim=-1)
+        mu, a = at_least_float32(self.head(h)).chunk(2, dim=-1)
         if self.scale == "exp" and not self.min_var:
             std = torch.exp(0.5 * a)
         else:

@@ -2,8 +2,9 @@
 
 T(rho)_jk = rho^|j-k| is the correlation matrix of a stationary AR(1) chain over the latent index 1..d;
 mu in R^d and the two per-example scalars rho = tanh(a) in (-1, 1) and s = exp(log_s) > 0 come from three
-linear heads. The math follows REFERENCE.md 1.2 (the paper with its typos fixed); ``reference_faithful=True``
-reproduces the authors' released code instead (REFERENCE.md 1.3), which is *not* a valid ELBO.
+linear heads. The math follows docs/rho_vae.md#estimators (the paper with its typos fixed); ``reference_faithful=True``
+reproduces the authors' released code instead (docs/rho_vae.md#where-the-authors-code-differs), which is *not* a valid
+ELBO.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from torch.distributions import Distribution, Independent, Normal, constraints
 from torch.distributions.kl import kl_divergence, register_kl
 from torch.distributions.utils import lazy_property
 
+from vae_experiments.distributions.dtypes import at_least_float32
 from vae_experiments.distributions.priors import StandardNormal
 from vae_experiments.nets.heads import output_heads
 
@@ -51,7 +53,7 @@ def _ar1_scan(x: Tensor, a: Tensor) -> Tensor:
 class _AR1Filter(torch.autograd.Function):
     # Written by hand because autograd would record each of the scan's ~20 tiny ops (d = 10 in the rho-VAE) and replay
     # their backward nodes one by one, while the filter's adjoint is the same filter run backwards in time: the
-    # gradient is one reverse scan, ~25% faster per step (BENCHMARKS.md, rho-VAE).
+    # gradient is one reverse scan, which makes the step faster (BENCHMARKS.md, rho-VAE).
     @staticmethod
     def forward(ctx: Any, x: Tensor, rho: Tensor) -> Tensor:
         a = rho.unsqueeze(-1)
@@ -195,7 +197,7 @@ class RandomWalkNormal(AR1Normal):
       (see ``_kl_random_walk_std_normal``): its s and rho part is divided by the batch size. The resulting
       "loss" is not an upper bound on -log p(x).
 
-    Use it only to reproduce the paper's curves (REFERENCE.md 1.3).
+    Use it only to reproduce the paper's curves (docs/rho_vae.md#where-the-authors-code-differs).
     """
 
     def rsample(self, sample_shape: Sequence[int] = ()) -> Tensor:
@@ -259,11 +261,11 @@ class RhoPosterior(nn.Module):
     ``head_hidden``: null for linear heads (one joint matmul), or the width of a separate hidden layer (activation
     ``head_act``) in front of each of the three (the authors' CNN-VAE; see ``BranchedHeads``).
 
-    ``reference_faithful=True`` returns a ``RandomWalkNormal``: the authors' random-walk sampler and
-    batch-weighted KL (REFERENCE.md 1.3). That is NOT a valid bound and its ``log_prob`` is not the density of
-    its samples; it exists only to reproduce the paper's curves, and says so: a warning when built, and
-    ``valid_bound = False``, which the runner writes to the metrics (``test/valid_bound``). The default is the
-    correct AR(1) posterior.
+    ``reference_faithful=True`` returns a ``RandomWalkNormal``: the authors' random-walk sampler and batch-weighted KL
+    (docs/rho_vae.md#where-the-authors-code-differs). That is NOT a valid bound and its ``log_prob`` is not the density
+    of its samples; it exists only to reproduce the paper's curves, and says so: a warning when built, and
+    ``valid_bound = False``, which the runner writes to the metrics (``test/valid_bound``). The default is the correct
+    AR(1) posterior.
     """
 
     def __init__(
@@ -288,8 +290,7 @@ class RhoPosterior(nn.Module):
 
     def forward(self, h: Tensor) -> Distribution:
         cls = RandomWalkNormal if self.reference_faithful else AR1Normal
-        dtype = torch.promote_types(h.dtype, torch.float32)  # out of autocast's half precision, float64 kept
-        loc, rho_logit, log_s = self.head(h).to(dtype).split([self.latent_dim, 1, 1], dim=-1)
+        loc, rho_logit, log_s = at_least_float32(self.head(h)).split([self.latent_dim, 1, 1], dim=-1)
         # No argument validation: every real value is valid for the three heads (it would only catch NaN, which the
         # runner reports as a non-finite loss), and it costs a dozen ops per step.
         return cls(loc, rho_logit.squeeze(-1), log_s.squeeze(-1), validate_args=False)
