@@ -1,4 +1,5 @@
-"""One SOS-VAE training step at 1x26x26 (REFERENCE 9's row) in four ways, interleaved in one process.
+"""One SOS-VAE training step at 1x26x26 (the shape of the authors' timing row, BENCHMARKS.md) in four ways,
+interleaved in one process.
 
     PYTHONPATH=. python scripts/bench_sos_step.py [--steps 8] [--warmup 2] --out benchmarks/sos_step_26x26.json
 
@@ -32,7 +33,7 @@ OVERRIDES = [
     "experiment=sos_vae",
     "dataset=synthetic",
     "dataset.shape=[1,26,26]",
-    "dataset.subset=null",
+    "~dataset.subset",  # a CelebA option the experiment sets; synthetic images have none
     "dataset.hflip=false",
     "dataset.n_train=64",
     "dataset.val_size=8",

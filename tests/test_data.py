@@ -1,7 +1,8 @@
-"""The data part: shapes, levels, splits, binarisation, files on disk, toys, distributed loading."""
+"""The data part: shapes, levels, splits, binarisation, files on disk, toys, distributed loading, config nodes."""
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import math
 import os
@@ -14,13 +15,27 @@ import numpy as np
 import pytest
 import torch
 from lightning.pytorch.utilities.data import _update_dataloader
-from omegaconf import OmegaConf
 from PIL import Image
 from torch.utils.data import DistributedSampler
 
-from vae_experiments.data import VAEDataModule, sources
+from vae_experiments.data import (
+    CIFAR10,
+    MNIST,
+    CelebA,
+    Digits,
+    FashionMNIST,
+    Loading,
+    Omniglot,
+    Source,
+    Synthetic,
+    Toy2D,
+    VAEDataModule,
+    omniglot,
+    sources,
+)
 from vae_experiments.data.toy2d import TOYS, sample_toy
 from vae_experiments.errors import ConfigError
+from vae_experiments.train import train
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "dataset"
 
@@ -128,8 +143,8 @@ def _all(dataset) -> torch.Tensor:
     return dataset.__getitems__(list(range(len(dataset))))
 
 
-def test_digits_shape_levels_splits_and_range(tmp_path: Path) -> None:
-    dm = VAEDataModule("digits", root=tmp_path, binarize="none", batch_size=64)
+def test_digits_shape_levels_splits_and_range() -> None:
+    dm = Digits.datamodule(binarize="none", batch_size=64)
     assert dm.data_shape == (1, 8, 8) and dm.levels == 17
     dm.setup()
     assert (len(dm.train_set), len(dm.val_set), len(dm.test_set)) == (1297, 250, 250)
@@ -146,9 +161,9 @@ def test_digits_shape_levels_splits_and_range(tmp_path: Path) -> None:
     assert total == pytest.approx(float(load_digits().images.sum()))
 
 
-def test_digits_split_is_deterministic_per_seed(tmp_path: Path) -> None:
+def test_digits_split_is_deterministic_per_seed() -> None:
     def test_images(seed: int) -> torch.Tensor:
-        dm = VAEDataModule("digits", root=tmp_path, seed=seed)
+        dm = Digits.datamodule(seed=seed)
         dm.setup()
         return dm.test_set.data
 
@@ -156,24 +171,24 @@ def test_digits_split_is_deterministic_per_seed(tmp_path: Path) -> None:
     assert not torch.equal(test_images(0), test_images(1))
 
 
-def test_train_subset_caps_training_examples(tmp_path: Path) -> None:
-    dm = VAEDataModule("digits", root=tmp_path, train_subset=100)
+def test_train_subset_caps_training_examples() -> None:
+    dm = Digits.datamodule(train_subset=100)
     dm.setup()
     assert (len(dm.train_set), len(dm.val_set), len(dm.test_set)) == (100, 250, 250)
 
 
 @pytest.mark.parametrize(("binarize", "levels"), [("none", 17), ("static", 2), ("dynamic", 2)])
-def test_levels_follow_binarisation(tmp_path: Path, binarize: str, levels: int) -> None:
-    assert VAEDataModule("digits", root=tmp_path, binarize=binarize).levels == levels
+def test_levels_follow_binarisation(binarize: str, levels: int) -> None:
+    assert Digits.datamodule(binarize=binarize).levels == levels
 
 
 # ---------------------------------------------------------------- binarisation
 
 
-def test_static_binarisation_is_fixed_and_dynamic_redraws(tmp_path: Path) -> None:
-    static = VAEDataModule("digits", root=tmp_path, binarize="static")
-    dynamic = VAEDataModule("digits", root=tmp_path, binarize="dynamic")
-    grey = VAEDataModule("digits", root=tmp_path, binarize="none")
+def test_static_binarisation_is_fixed_and_dynamic_redraws() -> None:
+    static = Digits.datamodule(binarize="static")
+    dynamic = Digits.datamodule(binarize="dynamic")
+    grey = Digits.datamodule(binarize="none")
     for dm in (static, dynamic, grey):
         dm.setup()
     epoch1, epoch2 = _all(static.train_set), _all(static.train_set)
@@ -189,19 +204,21 @@ def test_static_binarisation_is_fixed_and_dynamic_redraws(tmp_path: Path) -> Non
     assert torch.equal(_all(dynamic.test_set), _all(static.test_set))
 
 
-def test_binarize_refused_on_rgb_and_toy(tmp_path: Path) -> None:
-    for name in ("cifar10", "celeba", "toy2d"):
-        with pytest.raises(ConfigError, match="binarize"):
-            VAEDataModule(name, root=tmp_path, binarize="static")
+@pytest.mark.parametrize("source", [CIFAR10, CelebA, Toy2D], ids=lambda s: s.name)
+def test_rgb_and_toy_sources_have_no_binarize_option(source: type[Source]) -> None:
+    with pytest.raises(ConfigError, match=rf"^dataset\.binarize is not an option of dataset={source.name}: remove it"):
+        source.datamodule(binarize="none")
 
 
-def test_unknown_options_are_config_errors(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match=r"dataset\.name"):
-        VAEDataModule("svhn", root=tmp_path)
-    with pytest.raises(ConfigError, match=r"dataset\.binarize"):
-        VAEDataModule("mnist", root=tmp_path, binarize="yes")
-    with pytest.raises(ConfigError, match=r"dataset\.toy"):
-        VAEDataModule("toy2d", root=tmp_path, toy="moons")
+def test_bad_values_are_config_errors() -> None:
+    with pytest.raises(ConfigError, match=r"^unknown dataset\.binarize=yes: choose one of none, static, dynamic$"):
+        MNIST.datamodule(binarize="yes")
+    with pytest.raises(ConfigError, match=r"^unknown dataset\.toy=moons: choose one of 8gaussians, "):
+        Toy2D.datamodule(toy="moons")
+    with pytest.raises(ConfigError, match=r"^dataset\.on_device must be true, false or auto, got 'yes'$"):
+        Digits.datamodule(on_device="yes")
+    with pytest.raises(ConfigError, match=r"^dataset\.binarize=static needs grey images .* set dataset\.binarize=none"):
+        Synthetic.datamodule(shape=(3, 8, 8), binarize="static")
 
 
 # ---------------------------------------------------------------- sources on disk
@@ -210,8 +227,8 @@ def test_unknown_options_are_config_errors(tmp_path: Path) -> None:
 def test_fashion_mnist_from_debian_package(tmp_path: Path) -> None:
     if not sources._debian_fashion_mnist():
         pytest.skip(f"Debian package dataset-fashion-mnist absent ({sources.DEBIAN_FASHION_MNIST})")
-    dm = VAEDataModule("fashion_mnist", root=tmp_path, val_size=5000)
-    dm.check()
+    dm = FashionMNIST.datamodule(root=tmp_path, val_size=5000)
+    dm.require_files()
     dm.setup()
     assert dm.data_shape == (1, 28, 28) and dm.levels == 256
     assert (len(dm.train_set), len(dm.val_set), len(dm.test_set)) == (55_000, 5_000, 10_000)
@@ -229,8 +246,8 @@ def test_fashion_mnist_from_debian_package(tmp_path: Path) -> None:
 
 def test_mnist_from_idx_files(mnist_root) -> None:
     root, train, test = mnist_root
-    dm = VAEDataModule("mnist", root=root, val_size=3, batch_size=4)
-    dm.check()
+    dm = MNIST.datamodule(root=root, val_size=3, batch_size=4)
+    dm.require_files()
     dm.setup()
     assert (len(dm.train_set), len(dm.val_set), len(dm.test_set)) == (7, 3, 4)
     x = next(iter(dm.test_dataloader()))
@@ -241,9 +258,9 @@ def test_mnist_from_idx_files(mnist_root) -> None:
 
 def test_cifar10_from_python_batches(cifar_root) -> None:
     root, test = cifar_root
-    dm = VAEDataModule("cifar10", root=root, val_size=5, batch_size=8)
+    dm = CIFAR10.datamodule(root=root, val_size=5, batch_size=8)
     assert dm.data_shape == (3, 32, 32) and dm.levels == 256
-    dm.check()
+    dm.require_files()
     dm.setup()
     assert (len(dm.train_set), len(dm.val_set), len(dm.test_set)) == (15, 5, 6)
     x = next(iter(dm.test_dataloader()))
@@ -253,9 +270,9 @@ def test_cifar10_from_python_batches(cifar_root) -> None:
 
 def test_celeba_official_partition_full_frame(celeba_root) -> None:
     root, images = celeba_root
-    dm = VAEDataModule("celeba", root=root, batch_size=4)
+    dm = CelebA.datamodule(root=root, batch_size=4)
     assert dm.data_shape == (3, 218, 178) and dm.levels == 256
-    dm.check()
+    dm.require_files()
     dm.setup()
     assert (len(dm.train_set), len(dm.val_set), len(dm.test_set)) == (12, 4, 4)
     x = next(iter(dm.test_dataloader()))
@@ -266,7 +283,7 @@ def test_celeba_official_partition_full_frame(celeba_root) -> None:
 
 def test_celeba_image_size_and_sos_vae_subset(celeba_root) -> None:
     root, _ = celeba_root
-    dm = VAEDataModule("celeba", root=root, image_size=32, subset=10, batch_size=7)
+    dm = CelebA.datamodule(root=root, image_size=32, subset=10, batch_size=7)
     assert dm.data_shape == (3, 32, 32)
     dm.setup()
     assert (len(dm.train_set), len(dm.val_set), len(dm.test_set)) == (7, 2, 1)
@@ -277,9 +294,9 @@ def test_celeba_image_size_and_sos_vae_subset(celeba_root) -> None:
 
 
 def test_omniglot_resized_inverted_and_cached(omniglot_root: Path) -> None:
-    dm = VAEDataModule("omniglot", root=omniglot_root, test_size=3, val_size=2, binarize="none")
+    dm = Omniglot.datamodule(root=omniglot_root, test_size=3, val_size=2, binarize="none")
     assert dm.data_shape == (1, 28, 28) and dm.levels == 256
-    dm.check()
+    dm.require_files()
     dm.setup()
     assert (len(dm.train_set), len(dm.val_set), len(dm.test_set)) == (10, 2, 3)
     pool = torch.cat([_all(s) for s in (dm.train_set, dm.val_set, dm.test_set)])
@@ -287,29 +304,30 @@ def test_omniglot_resized_inverted_and_cached(omniglot_root: Path) -> None:
     # strokes are 1 after inversion: the 5 marked drawings have their top-left 14x14 quarter black -> 1
     quarters = pool[:, 0, :13, :13].mean(dim=(1, 2))
     assert int((quarters > 0.99).sum()) == 5 and float(pool[quarters < 0.5].max()) == 0.0
-    cache = omniglot_root / "omniglot-py" / sources.OMNIGLOT_CACHE
+    cache = omniglot_root / "omniglot-py" / omniglot.CACHE
     assert cache.is_file()
-    again = VAEDataModule("omniglot", root=omniglot_root, test_size=3, val_size=2)
+    again = Omniglot.datamodule(root=omniglot_root, test_size=3, val_size=2)
     again.setup()
     assert torch.equal(again.test_set.data, dm.test_set.data)
 
 
 @pytest.mark.parametrize(
-    ("name", "folder"),
+    ("source", "folder"),
     [
-        ("mnist", "MNIST/raw"),
-        ("fashion_mnist", "FashionMNIST/raw"),
-        ("cifar10", "cifar-10-batches-py"),
-        ("celeba", "celeba"),
-        ("omniglot", "omniglot-py"),
+        (MNIST, "MNIST/raw"),
+        (FashionMNIST, "FashionMNIST/raw"),
+        (CIFAR10, "cifar-10-batches-py"),
+        (CelebA, "celeba"),
+        (Omniglot, "omniglot-py"),
     ],
+    ids=lambda x: getattr(x, "name", x),
 )
 def test_missing_data_is_one_line_config_error(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, folder: str
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, source: type[Source], folder: str
 ) -> None:
     monkeypatch.setattr(sources, "DEBIAN_FASHION_MNIST", tmp_path / "no-debian-package")
-    dm = VAEDataModule(name, root=tmp_path)
-    for step in (dm.check, dm.prepare_data, dm.setup):
+    dm = source.datamodule(root=tmp_path)
+    for step in (dm.require_files, dm.prepare_data, dm.setup):
         with pytest.raises(ConfigError) as err:
             step()
         message = str(err.value)
@@ -320,8 +338,8 @@ def test_missing_data_is_one_line_config_error(
 def test_corrupted_files_are_config_errors(mnist_root) -> None:
     root, _, _ = mnist_root
     (root / "MNIST" / "raw" / "t10k-images-idx3-ubyte").write_bytes(b"\x00\x00\x08\x03garbage")
-    dm = VAEDataModule("mnist", root=root)
-    dm.check()  # the files are there ...
+    dm = MNIST.datamodule(root=root)
+    dm.require_files()  # the files are there ...
     with pytest.raises(ConfigError, match="corrupted") as err:  # ... but unreadable
         dm.setup()
     assert "\n" not in str(err.value) and "dataset.download=true" in str(err.value)
@@ -330,8 +348,8 @@ def test_corrupted_files_are_config_errors(mnist_root) -> None:
 # ---------------------------------------------------------------- toy2d
 
 
-def test_toy2d_shapes_and_levels(tmp_path: Path) -> None:
-    dm = VAEDataModule("toy2d", root=tmp_path, toy="rings", n_train=1000, val_size=100, n_test=200, batch_size=50)
+def test_toy2d_shapes_and_levels() -> None:
+    dm = Toy2D.datamodule(toy="rings", n_train=1000, val_size=100, n_test=200, batch_size=50)
     assert dm.data_shape == (2,) and dm.levels is None
     dm.setup()
     assert (len(dm.train_set), len(dm.val_set), len(dm.test_set)) == (1000, 100, 200)
@@ -385,8 +403,8 @@ def test_toys_are_seeded_and_scaled(toy: str) -> None:
 # ---------------------------------------------------------------- loaders
 
 
-def test_distributed_sampler_gives_disjoint_shards(tmp_path: Path) -> None:
-    dm = VAEDataModule("digits", root=tmp_path, batch_size=32, train_subset=1000)
+def test_distributed_sampler_gives_disjoint_shards() -> None:
+    dm = Digits.datamodule(batch_size=32, train_subset=1000)
     dm.setup()
     loader = dm.train_dataloader()
     shards = []
@@ -402,8 +420,8 @@ def test_distributed_sampler_gives_disjoint_shards(tmp_path: Path) -> None:
     assert not shards[0] & shards[1] and shards[0] | shards[1] == set(range(1000))
 
 
-def test_loaders_use_batch_sizes_and_keep_order_for_evaluation(tmp_path: Path) -> None:
-    dm = VAEDataModule("digits", root=tmp_path, batch_size=64, eval_batch_size=100, num_workers=0)
+def test_loaders_use_batch_sizes_and_keep_order_for_evaluation() -> None:
+    dm = Digits.datamodule(batch_size=64, eval_batch_size=100, num_workers=0)
     dm.setup()
     assert next(iter(dm.train_dataloader())).shape[0] == 64
     val = list(dm.val_dataloader())
@@ -411,8 +429,8 @@ def test_loaders_use_batch_sizes_and_keep_order_for_evaluation(tmp_path: Path) -
     assert torch.equal(torch.cat(val), _all(dm.val_set))
 
 
-def test_in_memory_loader_with_workers(tmp_path: Path) -> None:
-    dm = VAEDataModule("digits", root=tmp_path, batch_size=250, binarize="dynamic", num_workers=1)
+def test_in_memory_loader_with_workers() -> None:
+    dm = Digits.datamodule(batch_size=250, binarize="dynamic", num_workers=1)
     dm.setup()
     batches = list(dm.train_dataloader())
     assert sum(len(b) for b in batches) == 1297
@@ -422,25 +440,62 @@ def test_in_memory_loader_with_workers(tmp_path: Path) -> None:
 # ---------------------------------------------------------------- configs
 
 
-@pytest.mark.parametrize("path", sorted(CONF.glob("*.yaml")), ids=lambda p: p.stem)
-def test_every_dataset_config_instantiates_without_data(path: Path, tmp_path: Path) -> None:
-    cfg = OmegaConf.merge({"paths": {"data_dir": str(tmp_path)}}, {"dataset": OmegaConf.load(path)})
-    assert cfg.dataset.root == str(tmp_path) and cfg.dataset.download is False
-    dm = hydra.utils.instantiate(cfg.dataset)
-    assert isinstance(dm, VAEDataModule) and dm.name == path.stem
-    assert len(dm.data_shape) in (1, 3)
-    if dm.data_shape[0] == 1 and path.stem != "toy2d":
-        assert "binarize" in cfg.dataset
+NODES = {  # conf/dataset/NAME.yaml: (source, data_shape, levels) with the node's settings
+    "digits": (Digits, (1, 8, 8), 2),
+    "mnist": (MNIST, (1, 28, 28), 256),
+    "fashion_mnist": (FashionMNIST, (1, 28, 28), 256),
+    "cifar10": (CIFAR10, (3, 32, 32), 256),
+    "celeba": (CelebA, (3, 218, 178), 256),
+    "omniglot": (Omniglot, (1, 28, 28), 2),
+    "toy2d": (Toy2D, (2,), None),
+    "synthetic": (Synthetic, (3, 32, 32), 256),
+}
 
 
-def test_digits_config_defaults(tmp_path: Path) -> None:
-    cfg = OmegaConf.merge({"paths": {"data_dir": str(tmp_path)}}, {"dataset": OmegaConf.load(CONF / "digits.yaml")})
-    dm = hydra.utils.instantiate(cfg.dataset)
-    assert dm.binarize == "dynamic" and dm.batch_size == 64 and dm.levels == 2
+def test_there_is_one_node_per_source() -> None:
+    assert sorted(p.stem for p in CONF.glob("*.yaml")) == sorted(NODES)
+
+
+@pytest.mark.parametrize("name", sorted(NODES))
+def test_every_dataset_node_builds_its_datamodule_without_data(name: str, compose_config, tmp_path: Path) -> None:
+    source, shape, levels = NODES[name]
+    cfg = compose_config([f"dataset={name}"], tmp_path)
+    options = {f.name for f in dataclasses.fields(source)}
+    shared = {f.name for f in dataclasses.fields(Loading)}
+    # the node is flat: exactly the source's own options, then loader options every source has
+    assert set(cfg.dataset) - {"_target_"} - shared == options
+    dm = hydra.utils.instantiate(cfg.dataset, shuffle_seed=3)
+    assert isinstance(dm, VAEDataModule) and type(dm.source) is source and dm.name == name
+    assert dm.data_shape == shape and dm.levels == levels
+    assert dm.loading.shuffle_seed == 3 and dm.batch_size == cfg.dataset.batch_size
+    if "root" in options:
+        assert dm.source.root == cfg.paths.data_dir and dm.source.download is False
+
+
+FOREIGN = {  # an option of another source
+    "digits": "+dataset.image_size=64",
+    "mnist": "+dataset.toy=rings",
+    "fashion_mnist": "+dataset.test_size=100",
+    "cifar10": "+dataset.binarize=static",
+    "celeba": "+dataset.val_size=100",
+    "omniglot": "+dataset.shape=[1,8,8]",
+    "toy2d": "+dataset.hflip=true",
+    "synthetic": "+dataset.subset=100",
+}
+
+
+@pytest.mark.parametrize("name", sorted(FOREIGN))
+def test_each_source_refuses_a_foreign_option(name: str, make_cfg) -> None:
+    key = FOREIGN[name].removeprefix("+").split("=")[0]
+    with pytest.raises(ConfigError) as err:
+        train(make_cfg(f"dataset={name}", FOREIGN[name]))
+    message = str(err.value)
+    assert message.startswith(f"{key} is not an option of dataset={name}: remove it (its options: ")
+    assert "\n" not in message
 
 
 def test_synthetic_images_have_the_asked_shape_and_levels() -> None:
-    dm = VAEDataModule(name="synthetic", shape=(3, 7, 5), n_train=20, val_size=4, n_test=6, batch_size=8)
+    dm = Synthetic.datamodule(shape=(3, 7, 5), n_train=20, val_size=4, n_test=6, batch_size=8)
     assert dm.data_shape == (3, 7, 5) and dm.levels == 256
     dm.setup()
     x = next(iter(dm.train_dataloader()))
@@ -448,8 +503,8 @@ def test_synthetic_images_have_the_asked_shape_and_levels() -> None:
     torch.testing.assert_close(x * 255, (x * 255).round(), rtol=0, atol=1e-4)  # on the 8-bit grid
     assert x.min() >= 0 and x.max() <= 1
     assert len(dm.val_set) == 4 and len(dm.test_set) == 6
-    again = VAEDataModule(name="synthetic", shape=(3, 7, 5), n_train=20, val_size=4, n_test=6)
+    again = Synthetic.datamodule(shape=(3, 7, 5), n_train=20, val_size=4, n_test=6)
     again.setup()
     assert torch.equal(dm.test_set.__getitems__(list(range(6))), again.test_set.__getitems__(list(range(6))))
     with pytest.raises(ConfigError, match=r"dataset\.shape"):
-        VAEDataModule(name="synthetic", shape=(5, 5))
+        Synthetic.datamodule(shape=(5, 5))

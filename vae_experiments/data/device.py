@@ -19,8 +19,10 @@ class DeviceBatches:
 
     Every epoch draws one permutation on the device (``shuffle``) from a generator seeded with ``seed + epoch``, so
     that all ranks agree on it; rank ``rank`` of ``world`` takes every ``world``-th example of it, as Lightning's
-    ``DistributedSampler`` would (Lightning does not shard an iterable that is not a DataLoader). Each batch is one
-    ``index_select`` and the split's transform (scaling, dynamic binarisation, flips), all on the device.
+    ``DistributedSampler`` would (Lightning does not shard an iterable that is not a DataLoader). With a ``trainer``
+    the epoch is the trainer's current one, so a fit resumed from a checkpoint draws the uninterrupted fit's orders;
+    without one, each pass counts one epoch. Each batch is one ``index_select`` and the split's transform (scaling,
+    dynamic binarisation, flips), all on the device.
     """
 
     def __init__(
@@ -32,6 +34,7 @@ class DeviceBatches:
         seed: int = 0,
         rank: int = 0,
         world: int = 1,
+        trainer: Any = None,
     ) -> None:
         self.dataset = dataset.to(device)
         self.device = torch.device(device)
@@ -41,6 +44,7 @@ class DeviceBatches:
         self.rank = rank
         self.world = world
         self.epoch = 0
+        self.trainer = trainer
 
     def _order(self) -> Tensor:
         n = len(self.dataset)
@@ -55,14 +59,17 @@ class DeviceBatches:
         return math.ceil(len(range(self.rank, len(self.dataset), self.world)) / self.batch_size)
 
     def __iter__(self) -> Iterator[Tensor]:
+        if self.trainer is not None:
+            self.epoch = self.trainer.current_epoch
         order = self._order()
         self.epoch += 1
         for index in order.split(self.batch_size):
             yield self.dataset.take(index)
 
 
-def check_flags(**flags: bool | str) -> None:
-    """``dataset.pin_memory`` and ``dataset.on_device`` are true, false or auto."""
+def require_true_false_or_auto(**flags: bool | str) -> None:
+    """Each ``dataset.KEY=value`` of ``flags`` (``pin_memory``, ``on_device``) is true, false or auto, else a
+    one-line ``ConfigError``."""
     for key, value in flags.items():
         if not isinstance(value, bool) and value != "auto":
             raise ConfigError(f"dataset.{key} must be true, false or auto, got {value!r}")
@@ -95,7 +102,7 @@ def make_loader(
     device = trainer.strategy.root_device if trainer is not None else torch.device("cpu")
     if isinstance(dataset, InMemoryDataset) and keep_on_device(dataset, device, on_device):
         rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
-        return DeviceBatches(dataset, batch_size, shuffle, device, seed, rank, world)
+        return DeviceBatches(dataset, batch_size, shuffle, device, seed, rank, world, trainer)
     return DataLoader(
         dataset,
         batch_size=batch_size,

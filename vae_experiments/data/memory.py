@@ -64,3 +64,51 @@ def binarize_once(data: Tensor, scale: float, seed: int) -> Tensor:
     """
     generator = torch.Generator().manual_seed(seed)
     return torch.bernoulli(data.to(torch.float32) / scale, generator=generator).to(torch.uint8)
+
+
+BINARIZE = ("none", "static", "dynamic")
+
+
+def binarized_levels(binarize: str, levels: int) -> int:
+    """Values per pixel of the batches: 2 once binarised, else the images' own ``levels``."""
+    return 2 if binarize != "none" else levels
+
+
+def split_images(
+    pool: Tensor,
+    test: Tensor | None,
+    levels: int,
+    *,
+    seed: int,
+    val_size: int,
+    test_size: int = 0,
+    train_subset: int | None = None,
+    binarize: str = "none",
+    hflip: bool = False,
+) -> tuple[InMemoryDataset, InMemoryDataset, InMemoryDataset]:
+    """Train / validation / test splits of uint8 images (values 0..``levels`` - 1), read as float32 in [0, 1].
+
+    One permutation of ``pool`` drawn with ``seed`` gives, in order: the ``test_size`` test images when the set has
+    no official ``test`` split (``test=None``), then ``val_size`` validation images, then the training images (the
+    first ``train_subset`` of them when set). Binarisation: ``static`` draws one Bernoulli(value / (levels - 1)) per
+    pixel of the pool with a generator seeded with ``seed`` (of an official test split with ``seed + 1``), the same
+    bits for every split and every epoch; ``dynamic`` (Burda et al.) keeps the training images grey and re-draws them
+    on every read, while validation and test images get the ``static`` bits, so evaluation is deterministic.
+    ``hflip`` mirrors training images at random.
+    """
+    top = float(levels - 1)
+    bits_pool = binarize_once(pool, top, seed) if binarize != "none" else pool
+    order = torch.randperm(pool.shape[0], generator=torch.Generator().manual_seed(seed))
+    if test is None:
+        test, order = bits_pool[order[:test_size]], order[test_size:]
+    elif binarize != "none":
+        test = binarize_once(test, top, seed + 1)
+    val_idx, train_idx = order[:val_size], order[val_size:]
+    if train_subset is not None:
+        train_idx = train_idx[:train_subset]
+    eval_scale = 1.0 if binarize != "none" else top
+    if binarize == "dynamic":
+        train = InMemoryDataset(pool[train_idx], scale=top, resample=True, hflip=hflip)
+    else:
+        train = InMemoryDataset(bits_pool[train_idx], scale=eval_scale, hflip=hflip)
+    return train, InMemoryDataset(bits_pool[val_idx], scale=eval_scale), InMemoryDataset(test, scale=eval_scale)

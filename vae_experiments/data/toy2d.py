@@ -19,9 +19,13 @@ Every returned set is shuffled, so any slice of it is an i.i.d. sample.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+
+from vae_experiments.data.datamodule import Source, Splits, require_choice
+from vae_experiments.data.memory import InMemoryDataset
 
 TOYS = ("8gaussians", "2spirals", "checkerboard", "rings")
 
@@ -78,3 +82,35 @@ def sample_toy(toy: str, n: int, seed: int, scale: float = 1.0) -> Tensor:
     g = torch.Generator().manual_seed(seed)
     points = _SAMPLERS[toy](n, g)
     return (scale * points[torch.randperm(n, generator=g)]).to(torch.float32)
+
+
+@dataclass(kw_only=True)
+class Toy2D(Source):
+    """One of the toys above (``toy``): ``n_train`` / ``val_size`` / ``n_test`` points (50,000 / 5,000 / 5,000 by
+    default) drawn at once with ``seed`` and split in that order; ``scale`` multiplies the coordinates. Batches are
+    raw float32 (B, 2) points: ``data_shape = (2,)``, ``levels = None``. No files."""
+
+    name = "toy2d"
+
+    toy: str = "8gaussians"
+    n_train: int = 50_000
+    val_size: int = 5_000
+    n_test: int = 5_000
+    scale: float = 1.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        require_choice("toy", self.toy, TOYS)
+
+    @property
+    def data_shape(self) -> tuple[int, ...]:
+        return (2,)
+
+    @property
+    def levels(self) -> None:
+        return None
+
+    def splits(self) -> Splits:
+        points = sample_toy(self.toy, self.n_train + self.val_size + self.n_test, self.seed, self.scale)
+        train, val, test = points.split([self.n_train, self.val_size, self.n_test])
+        return InMemoryDataset(train.clone()), InMemoryDataset(val.clone()), InMemoryDataset(test.clone())
