@@ -21,6 +21,7 @@ FAST = [
     "+trainer.limit_val_batches=2",
     "+trainer.limit_test_batches=1",
     "eval.nll_samples=8",
+    "eval.elbo_samples=8",
     "callbacks.progress_bar=null",
     "trainer.enable_progress_bar=false",
 ]

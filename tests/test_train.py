@@ -10,10 +10,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
 
 from vae_experiments.errors import ConfigError
 from vae_experiments.evaluate import evaluate
+from vae_experiments.metrics import evaluations
 from vae_experiments.train import CONFIG_DIR, train
 
 REPO = Path(CONFIG_DIR).parent
@@ -48,18 +50,95 @@ def test_resume_continues_from_checkpoint(make_cfg, tmp_path: Path) -> None:
     first = make_cfg("trainer.max_epochs=1", out=tmp_path / "first")
     train(first)
     ckpt = tmp_path / "first" / "checkpoints" / "last.ckpt"
-    assert torch.load(ckpt, weights_only=False)["epoch"] == 0
+    assert torch.load(ckpt, weights_only=True)["global_step"] == 3  # the final state: one epoch of 3 batches
     resumed = train(make_cfg("trainer.max_epochs=2", f"ckpt_path={ckpt}", out=tmp_path / "second"))
     assert resumed["train/epochs"] == 2
     assert resumed["train/steps"] == 6  # 3 batches per epoch: 3 from the checkpoint + 3 new
+
+
+def save_run_config(cfg: DictConfig, run: Path) -> None:
+    """What Hydra writes for a CLI run: the job config without the hydra node (``vae-eval`` reads it)."""
+    (run / ".hydra").mkdir()
+    OmegaConf.save({k: v for k, v in cfg.items() if k != "hydra"}, run / ".hydra" / "config.yaml")
+
+
+TOY2D = [
+    "dataset=toy2d",
+    "likelihood=gaussian",
+    "dataset.n_train=1000",
+    "dataset.val_size=100",
+    "dataset.n_test=300",
+    "eval.toy2d.n_samples=300",
+    "eval.toy2d.grid_points=32",
+]
+
+
+FID = ["eval.fid.enabled=true", "eval.fid.n=64", "eval.fid.batch_size=32"]
+
+
+class RandomProjection(nn.Module):
+    """A cheap stand-in for the Inception (``compute_fid`` takes any module with ``out_features``)."""
+
+    out_features = 16
+
+    def __init__(self, pixels: int) -> None:
+        super().__init__()
+        self.proj = nn.Linear(pixels, self.out_features, bias=False)
+        nn.init.normal_(self.proj.weight, generator=torch.Generator().manual_seed(0))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x.flatten(1))
+
+
+@pytest.mark.parametrize(
+    "setup", [[], ["callbacks=ema"], TOY2D, FID], ids=["default", "ema", "toy2d-evaluations", "fid-evaluation"]
+)
+def test_vae_eval_on_last_checkpoint_reproduces_the_test_metrics(
+    make_cfg, compose_config, tmp_path: Path, monkeypatch, setup: list[str]
+) -> None:
+    """``last.ckpt`` is the state after the final step, and ``vae-eval`` on it (the run's seed and eval settings)
+    gives every ``test/*`` value of the run exactly, the extra evaluations' included (the 2-D toy metrics; FID, whose
+    samples follow the image grids ``vae-train`` draws after testing). ``mode=min`` makes the best file an early
+    epoch's, which a ``last.ckpt`` that followed the best file would be too; a scheduled beta makes ``test/loss``
+    depend on the step the weights are tested at; with EMA the tested weights are the averaged ones, copied in after
+    the last step."""
+    monkeypatch.setenv("VAE_EXPERIMENTS_CACHE", str(tmp_path / "train_cache"))  # FID's reference statistics
+    monkeypatch.setattr(evaluations, "load_inception", lambda weights, device: RandomProjection(64))
+    run = tmp_path / "run"
+    cfg = make_cfg(
+        *setup,
+        "callbacks.progress_bar=null",
+        "callbacks.model_checkpoint.mode=min",
+        "trainer.max_epochs=3",
+        "+schedule@objective.beta=linear",
+        "objective.beta.steps=20",
+        "eval.elbo_samples=4",
+        "seed=5",
+        out=run,
+    )
+    metrics = train(cfg)
+    save_run_config(cfg, run)
+    last = run / "checkpoints" / "last.ckpt"
+    steps = metrics["train/steps"]
+    assert metrics["train/epochs"] == 3 and torch.load(last, weights_only=True)["global_step"] == steps
+    best = list((run / "checkpoints").glob("epoch_*.ckpt"))
+    assert len(best) == 1 and torch.load(best[0], weights_only=True)["global_step"] < steps  # kept beside last.ckpt
+    monkeypatch.setenv("VAE_EXPERIMENTS_CACHE", str(tmp_path / "eval_cache"))  # computed again, not read
+    eval_cfg = compose_config(
+        [f"ckpt_path={last}", "eval.nll_samples=8", "eval.elbo_samples=4"], tmp_path / "e", "eval"
+    )
+    again = evaluate(eval_cfg)
+    tested = sorted(k for k in metrics if k.startswith("test/"))
+    assert tested == sorted(k for k in again if k.startswith("test/")) and "test/loss" in tested
+    assert {k: again[k] for k in tested} == {k: metrics[k] for k in tested}
+    assert json.loads((tmp_path / "e" / "metrics.json").read_text())["checkpoint"] == str(last.resolve())
 
 
 def test_vae_eval_reevaluates_with_more_samples(make_cfg, compose_config, tmp_path: Path) -> None:
     run = tmp_path / "run"
     cfg = make_cfg(out=run)
     train(cfg)
-    (run / ".hydra").mkdir()  # what Hydra writes for a CLI run: the job config without the hydra node
-    OmegaConf.save({k: v for k, v in cfg.items() if k != "hydra"}, run / ".hydra" / "config.yaml")
+    save_run_config(cfg, run)
     eval_cfg = compose_config(
         [f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}", "eval.nll_samples=32"], tmp_path / "eval", "eval"
     )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -13,8 +12,10 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from vae_experiments.errors import ConfigError
-from vae_experiments.metrics.evaluations import run_test_evaluations
-from vae_experiments.train import CONFIG_DIR, build, print_summary
+from vae_experiments.report import write_final_metrics
+from vae_experiments.runtime import configure_runtime
+from vae_experiments.train import CONFIG_DIR, apply_runtime_options, build
+from vae_experiments.validation import build_node
 
 
 def run_config(ckpt_path: Path) -> DictConfig:
@@ -27,7 +28,12 @@ def run_config(ckpt_path: Path) -> DictConfig:
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
-    """Rebuild the run's model and data from its config, load the checkpoint's weights, test, write metrics.json."""
+    """Rebuild the run's model and data from its config, load the checkpoint's weights, test, write metrics.json.
+
+    The test phase is ``vae-train``'s (``report.write_final_metrics``), seeded with the run's ``seed``, at the run's
+    optimiser step (what a scheduled weight in ``test/loss`` depends on), with its channels-last and compile
+    settings: on the run's ``last.ckpt`` with its own ``eval`` settings it reproduces the run's ``test/*`` exactly.
+    """
     ckpt_path = Path(cfg.ckpt_path)
     if not ckpt_path.is_file():
         raise ConfigError(f"checkpoint {ckpt_path} not found: pass ckpt_path=RUN/checkpoints/last.ckpt")
@@ -36,23 +42,17 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         run_cfg.eval = OmegaConf.merge(run_cfg.eval, cfg.eval)
         run_cfg.paths.output_dir = cfg.paths.output_dir
         run_cfg.merge_with_dotlist(list(cfg.overrides))
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    configure_runtime()
+    L.seed_everything(run_cfg.seed, workers=True, verbose=False)
     datamodule, module = build(run_cfg)
     checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False)
     module.load_state_dict(checkpoint["state_dict"])
-    trainer = hydra.utils.instantiate(run_cfg.trainer, logger=False, callbacks=[], max_epochs=None)
-    trainer.test(module, datamodule=datamodule, verbose=False)
-    metrics: dict[str, Any] = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
-    metrics.update(module.test_extras)
-    if trainer.is_global_zero:
-        metrics.update(run_test_evaluations(run_cfg.eval, module.model, datamodule))
-    metrics["checkpoint"] = str(ckpt_path.resolve())
-    if trainer.is_global_zero:
-        out = Path(cfg.paths.output_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
-        print_summary(metrics, out)
-    return metrics
+    trainer = build_node(run_cfg.trainer, "trainer", logger=False, callbacks=[], max_epochs=None)
+    trainer.fit_loop.load_state_dict(checkpoint["loops"]["fit_loop"])  # the run's global step
+    apply_runtime_options(run_cfg, trainer, module)
+    known = {"checkpoint": str(ckpt_path.resolve())}
+    out = Path(cfg.paths.output_dir)
+    return write_final_metrics(trainer, module, datamodule, run_cfg.eval, run_cfg.seed, out, known)
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="eval")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import sys
@@ -14,44 +13,52 @@ import hydra
 import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
-from vae_experiments import resume, sweep, tracking
+from vae_experiments import resume, run_dirs, sweep, tracking
+from vae_experiments.callbacks.csv_rows import CSVRows
+from vae_experiments.callbacks.last_validation import LastValidation
 from vae_experiments.callbacks.throughput import Throughput
+from vae_experiments.capture import capture_training
+from vae_experiments.checkpointing import AtomicCheckpointIO
 from vae_experiments.errors import ConfigError
-from vae_experiments.metrics.evaluations import run_test_evaluations
 from vae_experiments.model import VAE, build_model
 from vae_experiments.module import VAEModule
+from vae_experiments.report import write_final_metrics
 from vae_experiments.runtime import configure_runtime, wants_channels_last, warn_if_bf16_is_emulated
-from vae_experiments.validation import build_part, check_combination, describe, instantiate, preflight
+from vae_experiments.signals import StopOnSignal
+from vae_experiments.validation import build_node, build_part, describe, preflight, validate_combination
 
 log = logging.getLogger(__name__)
 PARTS = ("encoder", "posterior", "prior", "decoder", "likelihood")
 # The config root beside the package (the product's layout); absolute, because Hydra reads a relative path against
 # the *package* of an installed console script, where conf/ is not.
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+# At import, not in main(): a submitit job process resolves its config after unpickling the task function (which
+# imports this module) and never calls main().
+run_dirs.register_uid_resolver()
 
 
 def build(cfg: DictConfig) -> tuple[L.LightningDataModule, VAEModule]:
     """The DataModule and the LightningModule a config describes, validated (raises ``ConfigError``)."""
-    datamodule = instantiate(cfg.dataset, "dataset", shuffle_seed=cfg.seed)
-    if hasattr(datamodule, "check"):
-        datamodule.check()
-    factories = {part: instantiate(cfg[part], part) for part in PARTS}
+    datamodule = build_node(cfg.dataset, "dataset", shuffle_seed=cfg.seed)
+    datamodule.require_files()
+    factories = {part: build_node(cfg[part], part) for part in PARTS}
     model = build_part(
         lambda **kw: build_model(factories, **kw),
         "model",
         data_shape=datamodule.data_shape,
         latent_dim=cfg.latent_dim,
     )
-    objective = instantiate(cfg.objective, "objective")
-    check_combination(model, datamodule, objective)
+    objective = build_node(cfg.objective, "objective")
+    validate_combination(model, datamodule, objective)
     terms = preflight(model, objective)
     module = VAEModule(
         model=model,
         objective=objective,
-        optimizer=instantiate(cfg.optimizer, "optimizer"),
+        optimizer=build_node(cfg.optimizer, "optimizer"),
         data_levels=datamodule.levels,
         nll_samples=cfg.eval.nll_samples,
         nll_max_rows=cfg.eval.nll_max_rows,
+        elbo_samples=cfg.eval.elbo_samples,
     )
     module.run_info = describe(model, terms)
     for key, value in module.run_info.items():
@@ -65,16 +72,36 @@ def build_trainer(cfg: DictConfig, *extra: L.Callback, ckpt_path: str | None = N
     """The configured Trainer, with its callbacks and loggers, plus ``extra`` callbacks (throughput, timers).
 
     A callback or logger set to null on the command line (callbacks.progress_bar=null) is switched off; wandb
-    continues the run of a resumed ``ckpt_path``.
+    continues the run of a resumed ``ckpt_path``. Checkpoints are written atomically (``AtomicCheckpointIO``), and
+    the CSV logger's file follows the checkpoint a fit resumes from (``CSVRows``).
     """
-    callbacks = [instantiate(node, f"callbacks.{name}") for name, node in (cfg.get("callbacks") or {}).items() if node]
-    callbacks.extend(extra)
+    callbacks = [build_node(node, f"callbacks.{name}") for name, node in (cfg.get("callbacks") or {}).items() if node]
+    callbacks.extend([*extra, CSVRows()])
     loggers = [
-        instantiate(node, f"logger.{name}", **(tracking.wandb_kwargs(cfg, ckpt_path) if name == "wandb" else {}))
+        build_node(node, f"logger.{name}", **(tracking.wandb_kwargs(cfg, ckpt_path) if name == "wandb" else {}))
         for name, node in (cfg.get("logger") or {}).items()
         if node
     ]
-    return instantiate(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False)
+    return build_node(
+        cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()]
+    )
+
+
+def apply_runtime_options(cfg: DictConfig, trainer: L.Trainer, module: VAEModule) -> None:
+    """``channels_last`` and ``compile``, the same for training and for ``vae-eval`` (they change the numerics)."""
+    if wants_channels_last(cfg.get("channels_last", False), trainer.strategy.root_device, module.model):
+        module.use_channels_last()
+    if cfg.get("compile"):
+        module.model.compile_networks()
+
+
+def capture_on_gpu(cfg: DictConfig, trainer: L.Trainer, module: VAEModule) -> None:
+    """``capture``: on a CUDA device, the whole training iteration as a recorded CUDA graph (``capture``), or the log
+    says which setting keeps it eager."""
+    if not cfg.get("capture") or trainer.strategy.root_device.type != "cuda":
+        return
+    reason = capture_training(trainer, module)
+    log.info("capture: %s", "the training iteration runs as a CUDA graph" if reason is None else f"off ({reason})")
 
 
 def log_hyperparameters(trainer: L.Trainer, cfg: DictConfig, model: VAE) -> None:
@@ -94,67 +121,38 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit and test the model ``cfg`` describes; write ``metrics.json``; return the flat final metrics.
 
     Resume: ``ckpt_path`` (a path, or ``last`` for this run folder's), or ``resume=true``, which continues from the
-    folder's last checkpoint and returns the stored metrics of a run that already finished there.
+    folder's last checkpoint and returns the stored metrics of a run that already finished there. SIGTERM or SIGINT
+    stops the run so that it can be resumed: exit 143 / 130 and one line with the command that resumes it
+    (``signals``).
     """
     if (done := resume.finished(cfg)) is not None:
         return done
-    out = Path(cfg.paths.output_dir)
     ckpt_path = resume.checkpoint(cfg)
-    configure_runtime()
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
-    datamodule, module = build(cfg)
-    throughput = Throughput()
-    trainer = build_trainer(cfg, throughput, ckpt_path=ckpt_path)
-    warn_if_bf16_is_emulated(trainer.strategy.root_device, str(trainer.precision))
-    try:
-        log_hyperparameters(trainer, cfg, module.model)
-        if wants_channels_last(cfg.get("channels_last", False), trainer.strategy.root_device, module.model):
-            module.use_channels_last()
-        if cfg.get("compile"):
-            module.model.compile_networks()
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
-        # the last validation epoch's metrics; trainer.test() replaces callback_metrics
-        metrics: dict[str, Any] = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
-        if cfg.get("test", True):
-            trainer.test(module, datamodule=datamodule, verbose=False)
-            metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")})
-            metrics.update(module.test_extras)
-            if trainer.is_global_zero:
-                extra = run_test_evaluations(cfg.eval, module.model, datamodule)
-                scalars = {k: v for k, v in extra.items() if isinstance(v, float)}
-                for logger in trainer.loggers:
-                    logger.log_metrics(scalars, step=trainer.global_step)
-                    logger.save()
-                metrics.update(extra)
-    finally:
-        tracking.finish()
-    if throughput.images_per_sec is not None:
-        metrics["train/images_per_sec"] = throughput.images_per_sec
-    metrics["train/epochs"] = trainer.current_epoch
-    metrics["train/steps"] = trainer.global_step
-    metrics.update(module.run_info)
-    if trainer.is_global_zero:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
-        print_summary(metrics, out)
-    return metrics
-
-
-def print_summary(metrics: dict[str, Any], out: Path) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title="final metrics", show_header=True)
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    for key, value in sorted(metrics.items()):
-        if isinstance(value, float):
-            table.add_row(key, f"{value:.4f}")
-        elif isinstance(value, int):
-            table.add_row(key, str(value))
-    console = Console()
-    console.print(table)
-    console.print(f"run directory: {out}")
+    with StopOnSignal(resume.command(cfg)) as stop:
+        configure_runtime()
+        L.seed_everything(cfg.seed, workers=True, verbose=False)
+        datamodule, module = build(cfg)
+        throughput, validation = Throughput(), LastValidation()
+        trainer = build_trainer(cfg, throughput, validation, stop, ckpt_path=ckpt_path)
+        warn_if_bf16_is_emulated(trainer.strategy.root_device, str(trainer.precision))
+        try:
+            log_hyperparameters(trainer, cfg, module.model)
+            apply_runtime_options(cfg, trainer, module)
+            capture_on_gpu(cfg, trainer, module)
+            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+            stop.raise_if_signalled()
+            # from the checkpoint when the fit had finished before a resume (Lightning then trains no more)
+            fit: dict[str, Any] = {**validation.metrics, **module.run_info}
+            if throughput.images_per_sec is not None:
+                fit["train/images_per_sec"] = throughput.images_per_sec
+            fit["train/epochs"] = trainer.current_epoch
+            fit["train/steps"] = trainer.global_step
+            out = Path(cfg.paths.output_dir)
+            return write_final_metrics(
+                trainer, module, datamodule, cfg.eval, cfg.seed, out, fit, test=cfg.get("test", True), stop=stop
+            )
+        finally:
+            tracking.finish()
 
 
 def optimized_value(metrics: dict[str, Any], name: str | None) -> float | None:
@@ -183,6 +181,9 @@ def _hydra_main(cfg: DictConfig) -> float | None:
         if isinstance(exc, ConfigError):
             print(f"error: {exc}", file=sys.stderr)
             sys.exit(2)
+        if isinstance(exc, FloatingPointError):  # the run diverged: the message names the fix, a traceback adds nothing
+            print(f"error: {exc}", file=sys.stderr)
+            sys.exit(1)
         raise
 
 

@@ -1,1 +1,2 @@
-"""Callbacks: image grids, throughput, metrics.json, RNG state for exact resume."""
+"""Callbacks: image grids, throughput, the last checkpoint, the last validation metrics, CSV rows in step with the
+checkpoints, RNG state for exact resume."""

@@ -15,11 +15,11 @@ class RNGState(L.Callback):
     resume. Lightning restores model, optimiser and loop state but not these, and without them a resumed run draws
     different posterior samples and binarisations than the uninterrupted one.
 
-    Timing: the state is captured when the checkpoint is written (``on_train_epoch_end``, after validation) and
-    restored when Lightning loads the callbacks' states, before the resumed fit creates its first data iterator; the
-    same draws then follow in both runs. The data order does not depend on these states (the DataModule's sampler is
-    seeded by (seed, epoch)). All ranks are seeded alike and draw alike, so rank zero's state (the one in the file) is
-    every rank's.
+    Timing: the state is captured when the checkpoint is written (``LastCheckpoint``: between two epochs, before the
+    next epoch's data iterator exists) and restored when Lightning loads the callbacks' states, before the resumed
+    fit creates its first data iterator; the same draws then follow in both runs. The data order does not depend on
+    these states (the DataModule's sampler is seeded by (seed, epoch)). All ranks are seeded alike and draw alike, so
+    rank zero's state (the one in the file) is every rank's.
     """
 
     def state_dict(self) -> dict[str, Any]:

@@ -15,7 +15,9 @@ class Throughput(L.Callback):
     steps, and reports ``train/images_per_sec`` as the median over the fit.
 
     On CUDA the batch is timed with CUDA events, read once per epoch: timing never makes the host wait for the GPU
-    inside the loop (a ``synchronize`` per batch would stall the queue that keeps the GPU busy).
+    inside the loop (a ``synchronize`` per batch would stall the queue that keeps the GPU busy). The rates so far are
+    part of every checkpoint, so a resumed run reports the median over all of its steps, and a run resumed after its
+    fit had finished (killed while testing) reports the fit's.
     """
 
     def __init__(self, warmup: int = 5) -> None:
@@ -23,6 +25,13 @@ class Throughput(L.Callback):
         self.rates: list[float] = []
         self._start: float | torch.cuda.Event = 0.0
         self._pending: list[tuple[torch.cuda.Event, torch.cuda.Event, int]] = []
+
+    def state_dict(self) -> dict[str, Any]:
+        self._resolve()
+        return {"rates": torch.tensor(self.rates, dtype=torch.float64)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.rates = state_dict["rates"].tolist()
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, i: int) -> None:
         if pl_module.device.type == "cuda":

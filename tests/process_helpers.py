@@ -1,0 +1,120 @@
+"""Runs as child processes, stopped by a signal at a point the test chooses (when a file the run writes appears),
+and comparisons of a resumed run with an uninterrupted one."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.core.global_hydra import GlobalHydra
+
+from vae_experiments import train as train_mod
+from vae_experiments.train import CONFIG_DIR
+
+ROOT = Path(CONFIG_DIR).parent
+LAST = Path("checkpoints") / "last.ckpt"
+# A small MLP, 4 epochs of 4 batches; every step's values logged and written at once, so a killed process leaves
+# rows past its last checkpoint (the module counts its logging cadence from the process's first batch: every step
+# is the same cadence in both runs)
+TINY = [
+    "encoder.hidden=[32]",
+    "decoder.hidden=[32]",
+    "trainer.max_epochs=4",
+    "+trainer.limit_train_batches=4",
+    "+trainer.limit_val_batches=2",
+    "+trainer.limit_test_batches=2",
+    "trainer.log_every_n_steps=1",
+    "+logger.csv.flush_logs_every_n_steps=1",
+    "eval.nll_samples=8",
+    "eval.elbo_samples=2",
+    "callbacks.progress_bar=null",
+    "trainer.enable_progress_bar=false",
+]
+STEPS = 16
+# a test loop of a few seconds on 2 CPU cores, long enough to be killed in
+SLOW_TEST = ["eval.nll_samples=300", "eval.elbo_samples=20"]
+TIMING = "train/images_per_sec"
+
+
+def start_cli(args: list[str], log: Path) -> subprocess.Popen[bytes]:
+    """``vae-train ARGS`` as a child process, its output in ``log``."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "2"}
+    with log.open("wb") as out:
+        return subprocess.Popen([sys.executable, "-m", "vae_experiments.train", *args], stdout=out, stderr=out, env=env)
+
+
+def wait_until(child: subprocess.Popen[bytes], ready: Callable[[], bool], log: Path) -> None:
+    """Return as soon as ``ready()``; fail if ``child`` ends first."""
+    deadline = time.monotonic() + 240
+    while not ready():
+        assert child.poll() is None, f"the run ended too early:\n{log.read_text()[-3000:]}"
+        assert time.monotonic() < deadline, "timed out waiting for the run"
+        time.sleep(0.01)
+
+
+def signal_when(child: subprocess.Popen[bytes], ready: Callable[[], bool], signum: int, log: Path) -> int:
+    """Send ``signum`` to ``child`` as soon as ``ready()``; its exit status. Fails if it ends first."""
+    wait_until(child, ready, log)
+    child.send_signal(signum)
+    return child.wait(timeout=240)
+
+
+def checkpoint_at(path: Path, step: int) -> Callable[[], bool]:
+    """Whether ``path`` holds the state after ``step`` steps (read only when the file changed)."""
+    seen: list[int] = []
+
+    def ready() -> bool:
+        try:
+            stamp = path.stat().st_mtime_ns
+        except FileNotFoundError:
+            return False
+        if seen and seen[-1] == stamp:
+            return False
+        seen.append(stamp)
+        return torch.load(path, weights_only=True)["global_step"] == step
+
+    return ready
+
+
+def logged_steps(run: Path) -> list[int]:
+    """The steps of the complete rows of the run's CSV (read while the run writes it)."""
+    path = run / "csv" / "metrics.csv"
+    rows = csv.DictReader(io.StringIO(path.read_text())) if path.is_file() else []
+    return [int(r["step"]) for r in rows if (r.get("step") or "").isdigit() and None not in r.values()]
+
+
+def assert_same_run(resumed: dict, uninterrupted: dict, run: Path, reference: Path) -> None:
+    """Every key, every value but the timing; metrics.json as returned; the CSV file identical."""
+    assert set(resumed) == set(uninterrupted)
+    assert {k: v for k, v in resumed.items() if k != TIMING} == {k: v for k, v in uninterrupted.items() if k != TIMING}
+    assert resumed[TIMING] > 0
+    assert json.loads((run / "metrics.json").read_text()) == json.loads(json.dumps(resumed))
+    assert (run / "csv" / "metrics.csv").read_text() == (reference / "csv" / "metrics.csv").read_text()
+
+
+def launch(
+    args: list[str],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    main: Callable[[], None] = train_mod.main,
+) -> tuple[int, str]:
+    """``vae-train ARGS`` (or another entry point's ``main``) in this process: (exit status, stderr)."""
+    GlobalHydra.instance().clear()
+    monkeypatch.setattr(sys, "argv", ["vae", *args])
+    try:
+        main()
+        status = 0
+    except SystemExit as exc:
+        status = int(exc.code or 0)
+    finally:
+        GlobalHydra.instance().clear()
+    return status, capsys.readouterr().err

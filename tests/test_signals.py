@@ -1,0 +1,118 @@
+"""SIGTERM and SIGINT stop a run so that it can be resumed: exit 143 / 130, one line with the command that resumes
+it, no metrics.json; that command ends with the uninterrupted run's metrics and curves. A submitit job stopped by its
+pre-emption signal is requeued and resumes."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+from process_helpers import (
+    LAST,
+    SLOW_TEST,
+    STEPS,
+    TINY,
+    assert_same_run,
+    checkpoint_at,
+    launch,
+    signal_when,
+    start_cli,
+    wait_until,
+)
+
+from vae_experiments.train import train
+
+
+def resume_command(log: Path, signum: int, run: Path) -> list[str]:
+    """The arguments of the one ``vae-train`` command the stopped run printed."""
+    lines = [line for line in log.read_text().splitlines() if line.startswith("stopped by")]
+    assert len(lines) == 1, log.read_text()[-3000:]
+    prefix = f"stopped by {signal.Signals(signum).name}; resume with: "
+    assert lines[0].startswith(prefix)
+    argv = shlex.split(lines[0].removeprefix(prefix))
+    assert argv[0] == "vae-train" and argv[-2:] == ["resume=true", f"hydra.run.dir={run}"]
+    return argv[1:]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_signal_mid_training_stops_resumably(make_cfg, tmp_path: Path, monkeypatch, capsys, signum: int) -> None:
+    """The signal once the first epoch's checkpoint is written: the run stops at the next batch, keeps the last
+    finished epoch's checkpoint, and the printed command resumes it to the uninterrupted run."""
+    uninterrupted = train(make_cfg(*TINY, fast=False, out=tmp_path / "a"))
+    run, log = tmp_path / "b", tmp_path / "b.log"
+    child = start_cli([*TINY, f"hydra.run.dir={run}"], log)
+    assert signal_when(child, (run / LAST).is_file, signum, log) == 128 + signum
+    assert not (run / "metrics.json").exists()
+    assert torch.load(run / LAST, weights_only=True)["global_step"] in (4, 8, 12)  # the end of an epoch
+    args = resume_command(log, signum, run)
+    assert launch(args, monkeypatch, capsys)[0] == 0
+    resumed = json.loads((run / "metrics.json").read_text())
+    assert_same_run(resumed, json.loads(json.dumps(uninterrupted)), run, tmp_path / "a")
+
+
+def test_sigterm_while_testing_writes_no_metrics_and_resumes(make_cfg, tmp_path: Path, monkeypatch, capsys) -> None:
+    """SIGTERM once the final checkpoint is written (the test loop runs): exit 143 and no metrics.json; the resume
+    trains no more and tests again, to the uninterrupted run's metrics."""
+    args = [*TINY, *SLOW_TEST]
+    uninterrupted = train(make_cfg(*args, fast=False, out=tmp_path / "a"))
+    run, log = tmp_path / "b", tmp_path / "b.log"
+    child = start_cli([*args, f"hydra.run.dir={run}"], log)
+    assert signal_when(child, checkpoint_at(run / LAST, STEPS), signal.SIGTERM, log) == 143
+    assert not (run / "metrics.json").exists()
+    assert launch(resume_command(log, signal.SIGTERM, run), monkeypatch, capsys)[0] == 0
+    resumed = json.loads((run / "metrics.json").read_text())
+    assert_same_run(resumed, json.loads(json.dumps(uninterrupted)), run, tmp_path / "a")
+
+
+def job_processes(ancestor: int) -> list[int]:
+    """The submitit job processes (``python -m submitit.core._submit``) that descend from ``ancestor`` (Linux)."""
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            pid, rest = stat.read_text().split(" (", 1)
+            parents[int(pid)] = int(rest.rsplit(") ", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue  # a process that ended meanwhile
+
+    def descends(pid: int) -> bool:
+        while pid in parents and pid != ancestor:
+            pid = parents[pid]
+        return pid == ancestor
+
+    jobs = []
+    for pid in parents:
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"submitit.core._submit" in cmdline and descends(pid):
+            jobs.append(pid)
+    return jobs
+
+
+@pytest.mark.slow  # three fresh Python processes with torch: the launcher, the job, the requeued job
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="finds the job's process in /proc (Linux)")
+def test_submitit_job_stopped_by_its_preemption_signal_is_requeued_and_resumes(make_cfg, tmp_path: Path) -> None:
+    """hydra/launcher=submitit_local: the job gets USR2 (submitit's pre-emption signal) after its first epoch;
+    submitit requeues it (the same config), it resumes from its folder's last.ckpt and ends with the uninterrupted
+    run's metrics and curves."""
+    uninterrupted = train(make_cfg(*TINY, fast=False, out=tmp_path / "a"))
+    sweep, log = tmp_path / "sweep", tmp_path / "sweep.log"
+    child = start_cli(["-m", "hydra/launcher=submitit_local", f"hydra.sweep.dir={sweep}", *TINY], log)
+    job = sweep / "0"
+
+    def first_epoch_saved() -> bool:
+        return (job / LAST).is_file() and bool(job_processes(child.pid))
+
+    wait_until(child, first_epoch_saved, log)
+    for pid in job_processes(child.pid):
+        os.kill(pid, signal.SIGUSR2)
+    assert child.wait(timeout=600) == 0, log.read_text()[-3000:]
+    assert f"resuming from {job / LAST}" in (job / "train.log").read_text()
+    resumed = json.loads((job / "metrics.json").read_text())
+    assert_same_run(resumed, json.loads(json.dumps(uninterrupted)), job, tmp_path / "a")

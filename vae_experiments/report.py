@@ -1,0 +1,76 @@
+"""The test phase and ``metrics.json``, one path for ``vae-train`` and ``vae-eval``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from omegaconf import DictConfig
+
+from vae_experiments.atomic import write_text_atomically
+from vae_experiments.metrics.evaluations import run_test_evaluations
+from vae_experiments.module import VAEModule
+from vae_experiments.resume import METRICS
+from vae_experiments.signals import StopOnSignal
+
+
+def write_final_metrics(
+    trainer: L.Trainer,
+    module: VAEModule,
+    datamodule: L.LightningDataModule,
+    eval_cfg: DictConfig,
+    seed: int,
+    out: Path,
+    known: dict[str, Any],
+    test: bool = True,
+    stop: StopOnSignal | None = None,
+) -> dict[str, Any]:
+    """Test ``module`` (unless ``test`` is false), run the extra evaluations of ``eval_cfg`` on rank zero and write
+    ``out/metrics.json`` (rank zero, atomically): ``known`` (what the caller knows: ``val/*``, ``train/*``, the
+    checkpoint) and the ``test/*`` values. Returns the metrics.
+
+    The test loop and the extra evaluations each start from ``seed``, so their draws (posterior samples, importance
+    samples, FID's samples) depend on the weights only: not on the random state training left behind, nor on which
+    callbacks drew images in between. ``vae-eval`` on a run's last checkpoint, with the run's seed, then reproduces
+    the run's test metrics exactly, and so does a run resumed after it was killed while testing. ``stop`` turns a
+    signal that came during the test loop's last batch into ``Interrupted`` before anything is written.
+    """
+    metrics = dict(known)
+    if test:
+        L.seed_everything(seed, workers=True, verbose=False)
+        trainer.test(module, datamodule=datamodule, verbose=False)
+        if stop is not None:
+            stop.raise_if_signalled()
+        metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")})
+        metrics.update(module.test_extras)
+        if trainer.is_global_zero:
+            L.seed_everything(seed, workers=True, verbose=False)
+            extra = run_test_evaluations(eval_cfg, module.model, datamodule)
+            scalars = {k: v for k, v in extra.items() if isinstance(v, float)}
+            for logger in trainer.loggers:
+                logger.log_metrics(scalars, step=trainer.global_step)
+                logger.save()
+            metrics.update(extra)
+    if trainer.is_global_zero:
+        write_text_atomically(out / METRICS, json.dumps(metrics, indent=2, sort_keys=True))
+        print_summary(metrics, out)
+    return metrics
+
+
+def print_summary(metrics: dict[str, Any], out: Path) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="final metrics", show_header=True)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in sorted(metrics.items()):
+        if isinstance(value, float):
+            table.add_row(key, f"{value:.4f}")
+        elif isinstance(value, int):
+            table.add_row(key, str(value))
+    console = Console()
+    console.print(table)
+    console.print(f"run directory: {out}")
