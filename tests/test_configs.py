@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import hydra
@@ -41,20 +42,20 @@ def test_schedule_option_instantiates_into_the_objective(compose_config, tmp_pat
         ["+schedule@objective.beta=linear", "objective.beta.end=4", "objective.beta.steps=10"], tmp_path
     )
     objective = hydra.utils.instantiate(cfg.objective)
-    assert objective.weight(objective.beta, 5) == pytest.approx(2.0)
+    objective.set_step(5)
+    assert float(objective.beta) == pytest.approx(2.0)
 
 
 def _offline_dataset(cfg) -> None:
     """Data this machine lacks (CIFAR-10, CelebA) are replaced by synthetic images of the same shape."""
     datamodule = hydra.utils.instantiate(cfg.dataset)
     try:
-        datamodule.check()
+        datamodule.require_files()
     except ConfigError:
         shape = list(datamodule.data_shape)
         with open_dict(cfg):
             cfg.dataset = {
-                "_target_": "vae_experiments.data.datamodule.VAEDataModule",
-                "name": "synthetic",
+                "_target_": "vae_experiments.data.Synthetic.datamodule",
                 "shape": shape,
                 "n_train": 8,
                 "val_size": 4,
@@ -71,4 +72,4 @@ def test_every_experiment_runs_one_batch(experiment: str | None, compose_config,
     cfg = compose_config(overrides, tmp_path)
     _offline_dataset(cfg)
     metrics = train(cfg)
-    assert "test/elbo" in metrics and metrics["test/elbo"] == metrics["test/elbo"]  # present and not NaN
+    assert "test/elbo" in metrics and math.isfinite(metrics["test/elbo"])  # present, not NaN, not +-inf

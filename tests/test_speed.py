@@ -107,14 +107,14 @@ def test_train_logs_steps_every_n_and_epoch_means(make_cfg, tmp_path: Path) -> N
 def test_non_finite_loss_stops_training(make_cfg) -> None:
     datamodule, module = build(make_cfg("test=false"))
     loss = module.objective.loss
-    module.objective.loss = lambda model, x, step: (loss(model, x, step)[0] * float("nan"), {})
+    module.objective.loss = lambda model, x: (loss(model, x)[0] * float("nan"), {})
     with pytest.raises(FloatingPointError, match="non-finite training loss by step 0"):
         build_trainer(make_cfg("test=false")).fit(module, datamodule=datamodule)
 
 
 def test_deferred_non_finite_check_blocks_checkpoints() -> None:
     module = VAEModule(tiny_model(), part("objective", "elbo"), torch.optim.Adam)
-    module._finite = torch.tensor(False)  # as left on a GPU by a NaN step, not yet read
+    module._all_finite = torch.tensor(False)  # as left on a GPU by a NaN step, not yet read
     with pytest.raises(FloatingPointError):
         module.on_save_checkpoint({})
     module.on_save_checkpoint({})  # reported once
@@ -173,8 +173,8 @@ def test_bf16_on_a_cpu_without_native_bf16_is_flagged(tmp_path: Path, caplog) ->
 
 @pytest.mark.parametrize("override", ["objective=elbo", "objective=soft_intro", "trainer=cpu_bf16"])
 def test_benchmark_script_writes_json(tmp_path: Path, override: str) -> None:
-    """Also for an objective with its own training step, which the plain loop drives through ``PlainDriver``, and
-    under bf16 autocast, which the plain loop and the vectorised NLL apply as the runner does."""
+    """Also for an objective with its own training step, which the plain loop drives through a plain
+    ``StepContext``, and under bf16 autocast, which the plain loop and the vectorised NLL apply as the runner does."""
     from scripts.benchmark import main
 
     out = tmp_path / "b.json"
@@ -194,7 +194,17 @@ def test_benchmark_script_writes_json(tmp_path: Path, override: str) -> None:
         ]
     )
     result = json.loads(out.read_text())
-    assert result["train"]["runner_over_plain"] > 0 and result["train"]["plain"]["images_per_sec"] > 0
+    timing = result["train"]
+    plain, runner = timing["plain"]["median_step_s"], timing["runner"]["median_step_s"]
+    for side, step in (("plain", plain), ("runner", runner)):
+        # one whole iteration of a small MLP: far above the clock's resolution (a timer read twice at one point),
+        # far below a stalled or mis-scaled (milliseconds read as seconds) clock
+        assert 1e-5 < step < 30, (side, step)
+        assert timing[side]["images_per_sec"] == pytest.approx(timing["batch_size"] / step)
+    assert timing["runner_over_plain"] == pytest.approx(runner / plain)  # one round: runner over plain, not inverted
+    # the runner does the plain loop's work plus Lightning's: about 1 or more, scattered widely either way by two
+    # timed steps on a shared machine; a zero, mis-scaled or one-sided clock lands orders of magnitude outside
+    assert 0.01 < timing["runner_over_plain"] < 100
     assert result["nll"]["k"] == 4 and result["sampling"]["n"] == 64 and result["peak_memory"]["peak_rss_mib"] > 0
     assert result["nll"]["precision"] == ("bf16-mixed" if override == "trainer=cpu_bf16" else "32-true")
 
@@ -227,5 +237,8 @@ def test_compile_trains_on_cpu_with_inductor(make_cfg) -> None:
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_gpu_fast_path_trains_with_data_on_device_and_bf16(make_cfg) -> None:
     L.seed_everything(0)
-    metrics = train(make_cfg("trainer=gpu", "encoder=conv", "decoder=conv", "test=false"))
+    # 12 steps: the throughput skips its first 5 (the first 3 also warm the recorded step up)
+    metrics = train(
+        make_cfg("trainer=gpu", "encoder=conv", "decoder=conv", "test=false", "trainer.limit_train_batches=12")
+    )
     assert math.isfinite(metrics["val/elbo"]) and metrics["train/images_per_sec"] > 0
