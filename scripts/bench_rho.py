@@ -7,9 +7,10 @@ posterior. One step = forward (encoder, posterior, sampling, log q, KL, decoder,
 a fixed batch of Fashion-MNIST training images (data loading excluded). The two are interleaved step by step, in
 alternating order, and the medians are taken after the warm-up steps.
 
-Beside them, in the same interleaving, the authors' two steps as REFERENCE.md 1.3-1.4 describes ``models.py`` and
-``main.py`` (``scripts/rho_authors_style.py``): the machine's yardstick for REFERENCE 9's 4.63 / 5.49 ms, measured in
-the same minutes as ours, because this machine's speed drifts by up to 1.4x within an hour.
+Beside them, in the same interleaving, the authors' two steps as their ``models.py`` and ``main.py`` compute them
+(``scripts/rho_authors_style.py``; docs/rho_vae.md#where-the-authors-code-differs): the machine's yardstick for the
+authors' figures (BENCHMARKS.md, The authors' figures), measured in the same minutes as ours, because this machine's
+speed drifts within an hour (BENCHMARKS.md, Summary).
 """
 
 from __future__ import annotations

@@ -1,10 +1,12 @@
-"""The rho-VAE authors' MLP training step, re-created from REFERENCE.md 1.3-1.4 (their ``models.py`` / ``main.py``).
+"""The rho-VAE authors' MLP training step, re-created from their ``models.py`` / ``main.py``.
+
+See docs/rho_vae.md#where-the-authors-code-differs and docs/rho_vae.md#architecture.
 
 A yardstick for ``scripts/bench_rho.py``, not part of the project: it times the authors' way of computing a step
 (three separate linear heads, sigmoid + summed BCE, a Python loop over the latent dimensions with ``torch.cat`` in
 the rho sampler, the batch-weighted KL, Xavier-uniform init, for-loop Adam at lr 1e-3) on this machine in the same
-minutes as ours. The rho step reproduces their random-walk sampler and KL weighting (REFERENCE 1.3), which are not
-a valid bound: only its cost is of interest here.
+minutes as ours. The rho step reproduces their random-walk sampler and KL weighting, which are not a valid bound:
+only its cost is of interest here.
 """
 
 from __future__ import annotations

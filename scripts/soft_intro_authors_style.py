@@ -1,8 +1,9 @@
-"""The Soft-IntroVAE authors' training iteration, re-created from REFERENCE.md 4.2-4.3 (``train_soft_intro_vae.py``).
+"""The Soft-IntroVAE authors' training iteration (docs/soft_intro_vae.md#training-step), re-created from their
+``train_soft_intro_vae.py``.
 
 A yardstick for ``scripts/bench_soft_intro.py --authors-style 1``, not part of the project: the same IntroVAE nets,
 run the authors' way (NCHW, for-loop Adam, the decoder evaluated with autograd on in the encoder step, every
-quantity of 4.3 computed as they compute it, including the non-detached x_r target), timed in the same minutes as
+quantity of the step computed as they compute it, including the non-detached x_r target), timed in the same minutes as
 ours. Only its cost is of interest; the runner's Soft-IntroVAE is checked against the formulas in the tests.
 """
 
@@ -27,7 +28,7 @@ def authors_step(
     beta_neg: float = 256.0,
     gamma_r: float = 1e-8,
 ) -> Callable[[int], None]:
-    """One iteration of REFERENCE 4.3 on the fixed batch ``x``: the encoder step, then the decoder step."""
+    """One iteration of the authors' step on the fixed batch ``x``: the encoder step, then the decoder step."""
     enc, dec = encoder_side(model), decoder_side(model)
     opt_e, opt_d = torch.optim.Adam(enc, lr=lr), torch.optim.Adam(dec, lr=lr)
     scale = 1.0 / math.prod(x.shape[1:])

@@ -17,8 +17,8 @@ def configure_runtime() -> None:
 
     Importing Lightning sets ``PYTORCH_NVML_BASED_CUDA_CHECK=1`` (to keep forked workers usable on GPU machines).
     With a CUDA build of torch and no GPU, every availability check then re-opens the NVML library and fails, and
-    ``torch.optim`` runs that check in every ``step()``: ~0.1 ms per step, 3% of a small MLP's step here. Without
-    a GPU there is no CUDA context a fork could inherit, so the plain runtime check is as safe and costs ~2 us.
+    ``torch.optim`` runs that check in every ``step()``, a visible share of a small MLP's step (BENCHMARKS.md, Digits).
+    Without a GPU there is no CUDA context a fork could inherit, so the plain runtime check is as safe and far cheaper.
     """
     if os.environ.get("PYTORCH_NVML_BASED_CUDA_CHECK") == "1" and torch.cuda.device_count() == 0:
         os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] = "0"

@@ -193,7 +193,8 @@ class FIDInception(nn.Module):
         self.mixed_9, self.mixed_10 = MixedE(1280, max_pool=False), MixedE(2048, max_pool=True)
         self.requires_grad_(False)
         self.train(False)
-        self.to(memory_format=torch.channels_last)  # ~2x faster on CPU; load_state_dict keeps it
+        # channels-last: faster on the CPU (BENCHMARKS.md, FID Inception); load_state_dict keeps the layout
+        self.to(memory_format=torch.channels_last)
 
     def train(self, mode: bool = True) -> FIDInception:
         """Ignore ``mode``: FID is defined with the frozen network (a parent's ``.train()`` can't flip it)."""

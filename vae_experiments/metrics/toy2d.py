@@ -1,4 +1,5 @@
-"""The 2-D toy metrics of Soft-IntroVAE (REFERENCE 4.6): grid-normalised ELBO, and KL / JSD between histograms.
+"""The 2-D toy metrics of Soft-IntroVAE (docs/soft_intro_vae.md#2-d-toy-metrics): grid-normalised ELBO, and KL / JSD
+between histograms.
 
 Histograms: ``bins x bins`` cells on the square [-w, w]^2 (``w = half_width``), turned into probabilities over the
 cells (points outside the square are dropped and the rest renormalised, as a ranged ``numpy.histogram2d`` with

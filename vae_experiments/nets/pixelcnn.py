@@ -1,6 +1,6 @@
 """PixelCNN decoder with a small receptive field, conditioned on z as in VLAE (Chen et al. 2017).
 
-    p(x|z) = prod_i p(x_i | z, x_WindowAround(i))                                   (VLAE, Eq. 10)
+    p(x|z) = prod_i p(x_i | z, x_WindowAround(i))                                 (VLAE, Sec. 3.1)
 
 A non-autoregressive *base* decoder maps z to ``cond_channels`` feature maps at the image size; they are
 concatenated with the image and fed to a masked stack. The stack is the blind-spot-free two-stream design
@@ -82,7 +82,7 @@ class _Res1x1(nn.Module):
 class PixelCNNDecoder(nn.Module):
     """Autoregressive decoder ``forward(z, x) -> params (B, P, H, W)``; ``sample(z, likelihood) -> x``.
 
-    Arguments (defaults: VLAE's binary setup, REFERENCE 3.3): ``hidden_channels`` 12; ``n_layers`` 6 masked
+    Arguments (defaults: VLAE's binary setup, docs/vlae.md#architecture): ``hidden_channels`` 12; ``n_layers`` 6 masked
     layers (the first of mask A, the rest mask B); ``kernel_size`` 3 (odd, the width of each kernel);
     ``kernel_height`` 1 (rows each vertical layer adds); ``block`` ``residual`` (ELU) or ``gated``;
     ``tied``: the mask-B layers share one set of weights; ``res1x1_blocks`` 1x1 ResNet blocks inserted after
@@ -198,7 +198,7 @@ class PixelCNNDecoder(nn.Module):
 
         The base features are computed once; each step runs the stack only on ``window(i, j)``. On the CPU the
         per-pixel passes run on one thread: they are too small to share, and on a busy 2-core machine two
-        threads made a 28x28 draw 35 times slower (277 s vs 7.8 s, BENCHMARKS.md)."""
+        threads made a 28x28 draw many times slower (BENCHMARKS.md, VLAE)."""
         c, height, width = self.data_shape
         cond = self.base(z) if self.base is not None else None
         x = z.new_zeros(z.shape[0], c, height, width)

@@ -1,4 +1,4 @@
-"""The rho-VAE authors' CNN-VAE (REFERENCE.md 1.4), for ``experiment=rho_vae_cnn``.
+"""The rho-VAE authors' CNN-VAE (docs/rho_vae.md#architecture), for ``experiment=rho_vae_cnn``.
 
 Encoder: conv 1 -> 64 -> 128, kernel 4, stride 2, padding 15, each followed by ELU. The odd padding makes each
 "stride-2" layer keep a 28x28 image at 28x28 ((28 + 30 - 4) // 2 + 1 = 28), so the flattened features are

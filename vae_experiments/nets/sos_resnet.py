@@ -1,4 +1,4 @@
-"""SOS-VAE's residual encoder and decoder (Langley et al., TMLR 2022; REFERENCE.md 2.4), for any image size.
+"""SOS-VAE's residual encoder and decoder (Langley et al., TMLR 2022; docs/sos_vae.md#architecture), for any image size.
 
 Post-activation residual blocks with BatchNorm; the encoder halves the resolution (ceil) ``len(channels) - 1`` times
 and max-pools to one vector; the decoder grows z back with one transposed convolution to the smallest map, then
