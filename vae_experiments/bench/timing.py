@@ -70,7 +70,7 @@ class StepClock(L.Callback):
 
 def matmul_gflops(n: int = 2048, repeats: int = 7) -> float:
     """The CPU's current fp32 matmul speed (median of ``repeats`` n^3 products): this kind of machine's speed drifts
-    by 1.3x over hours (BENCHMARKS.md), so every JSON carries its own yardstick."""
+    over hours (BENCHMARKS.md, Summary), so every JSON carries its own yardstick."""
     a, b = torch.randn(n, n), torch.randn(n, n)
     a @ b
     times = []
@@ -79,3 +79,20 @@ def matmul_gflops(n: int = 2048, repeats: int = 7) -> float:
         a @ b
         times.append(time.perf_counter() - start)
     return 2 * n**3 / statistics.median(times) / 1e9
+
+
+def gpu_busy_fraction(step: Any, iterations: int, device: torch.device) -> float | None:
+    """The share of wall time the GPU spends in kernels and copies over ``iterations`` calls of ``step(i)``: the
+    profiler's summed device time over the wall clock of the same calls (single stream; ``None`` off CUDA or when the
+    profiler sees no device activity)."""
+    if device.type != "cuda":
+        return None
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        start = clock(device)
+        for i in range(iterations):
+            step(i)
+        wall = clock(device) - start
+    device_us = sum(event.self_device_time_total for event in prof.key_averages())
+    return device_us / (wall * 1e6) if device_us > 0 else None
