@@ -26,7 +26,7 @@ import torch
 
 from scripts.soft_intro_authors_style import authors_step
 from vae_experiments.bench.timing import clock, gpu_busy_fraction, matmul_gflops
-from vae_experiments.capture import CapturedStep, CudaGraphs
+from vae_experiments.capture import recorded_loop
 from vae_experiments.distributions.likelihoods import GaussianLikelihood
 from vae_experiments.distributions.posteriors import DiagonalGaussianPosterior
 from vae_experiments.distributions.priors import StandardNormalPrior
@@ -56,12 +56,7 @@ def our_step(model: VAE, x: torch.Tensor, bf16: bool, capture: bool) -> Callable
     recorded once as a CUDA graph and replayed, as the runner does under ``trainer=gpu``."""
     objective = SoftIntroVAE(beta_neg=256.0, recon_offset=0.5 * math.log(math.pi)).to(x.device)
     optimizers = objective.configure_optimizers(model, partial(torch.optim.Adam, lr=2e-4, fused=True))
-    recorder = None
-    if capture:
-        for optimizer in optimizers:
-            for group in optimizer.param_groups:
-                group["capturable"] = True
-        recorder = CapturedStep(CudaGraphs(), prepare=lambda: [o.zero_grad(set_to_none=True) for o in optimizers])
+    recorder = recorded_loop(optimizers) if capture else None
 
     def iteration(batch: torch.Tensor) -> dict[str, torch.Tensor]:
         return objective.training_step(StepContext(model, optimizers), batch).logs

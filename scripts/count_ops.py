@@ -17,18 +17,9 @@ from pathlib import Path
 import torch
 from hydra import compose, initialize_config_dir
 
-from vae_experiments.bench.dispatch import count_iteration, example_batch, iteration_context
+from vae_experiments.bench.dispatch import SETUPS, count_iteration, example_batch, iteration_context
 from vae_experiments.objectives.base import run_iteration
 from vae_experiments.train import CONFIG_DIR, build
-
-SETUPS = {
-    "default": [],
-    "rho": ["posterior=rho"],
-    "iaf_af": ["posterior=iaf", "prior=af"],
-    "sos_vae_fmnist": ["experiment=sos_vae_fmnist", "dataset=synthetic", "dataset.shape=[1,28,28]"],
-    "soft_intro_vae": ["experiment=soft_intro_vae", "dataset=synthetic", "dataset.shape=[3,32,32]"],
-    "soft_intro_vae_2d": ["experiment=soft_intro_vae_2d"],
-}
 
 
 def count(overrides: list[str], guard: bool) -> dict[str, int]:

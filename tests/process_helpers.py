@@ -23,8 +23,7 @@ from vae_experiments.train import CONFIG_DIR
 ROOT = Path(CONFIG_DIR).parent
 LAST = Path("checkpoints") / "last.ckpt"
 # A small MLP, 4 epochs of 4 batches; every step's values logged and written at once, so a killed process leaves
-# rows past its last checkpoint (the module counts its logging cadence from the process's first batch: every step
-# is the same cadence in both runs)
+# rows past its last checkpoint
 TINY = [
     "encoder.hidden=[32]",
     "decoder.hidden=[32]",

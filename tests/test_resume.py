@@ -77,6 +77,18 @@ def test_finished_run_continued_for_more_epochs_matches_the_longer_run(make_cfg,
     assert_same_run(continued, longer, run, tmp_path / "a")
 
 
+def test_the_logging_cadence_of_a_resumed_run_is_the_uninterrupted_runs(make_cfg, tmp_path: Path) -> None:
+    """Step rows every 3 batches of the whole fit: 4 batches an epoch, so the resumed epochs log at 6, 9, 12, 15,
+    as the uninterrupted run does, not at 4, 7, ... counted from the resumed process's first batch."""
+    cadence = "trainer.log_every_n_steps=3"
+    longer = train(make_cfg(*TINY, cadence, "trainer.max_epochs=3", fast=False, out=tmp_path / "a"))
+    run = tmp_path / "b"
+    train(make_cfg(*TINY, cadence, "trainer.max_epochs=1", "test=false", fast=False, out=run))
+    continued = train(make_cfg(*TINY, cadence, "trainer.max_epochs=3", "ckpt_path=last", fast=False, out=run))
+    assert sorted(set(logged_steps(run))) == sorted(set(logged_steps(tmp_path / "a")))
+    assert_same_run(continued, longer, run, tmp_path / "a")
+
+
 def test_full_disk_leaves_the_previous_checkpoint_intact(make_cfg, tmp_path: Path, monkeypatch) -> None:
     """The second epoch's last.ckpt write runs out of space halfway: the first epoch's file stays, byte for byte,
     no temporary file is left, and the run resumes from it to the uninterrupted run."""

@@ -12,19 +12,10 @@ import torch
 import torch._dynamo
 from torch import Tensor
 
-from vae_experiments.bench.dispatch import OperatorCount, count_iteration, example_batch, iteration_context
+from vae_experiments.bench.dispatch import SETUPS, OperatorCount, count_iteration, example_batch, iteration_context
 from vae_experiments.objectives.base import StepContext, run_iteration
 from vae_experiments.train import build
 
-# synthetic data of each experiment's shape: the operator count does not depend on the values
-SETUPS = {
-    "default": [],
-    "rho": ["posterior=rho"],
-    "iaf_af": ["posterior=iaf", "prior=af"],
-    "sos_vae_fmnist": ["experiment=sos_vae_fmnist", "dataset=synthetic", "dataset.shape=[1,28,28]"],
-    "soft_intro_vae": ["experiment=soft_intro_vae", "dataset=synthetic", "dataset.shape=[3,32,32]"],
-    "soft_intro_vae_2d": ["experiment=soft_intro_vae_2d"],
-}
 # Operators that compute (views and aliases left out) in one fp32 iteration on the GPU path: forward, backward,
 # the non-finite guard, the fused Adam update(s), the objective's after-update (BENCHMARKS.md, "Operators per
 # training iteration", has them before and after the cuts).

@@ -12,12 +12,13 @@ compiling the whole step with ``torch.compile(fullgraph=True)``.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
 from torch import Tensor
+from torch.optim import Optimizer
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +113,25 @@ class CapturedStep:
                 return step(x), False
         rec.replay()
         return rec.outputs, True
+
+
+def make_capturable(optimizer: Optimizer) -> None:
+    """Keep ``optimizer``'s step counts on the device, so its update can be recorded (torch's ``capturable``)."""
+    for group in optimizer.param_groups:
+        group["capturable"] = True
+
+
+def recorded_loop(optimizers: Sequence[Optimizer], warmup: int = 3) -> CapturedStep:
+    """A ``CapturedStep`` for a plain training loop over ``optimizers``: made capturable, their gradients dropped
+    before each recording."""
+    for optimizer in optimizers:
+        make_capturable(optimizer)
+
+    def drop_gradients() -> None:
+        for optimizer in optimizers:
+            optimizer.zero_grad(set_to_none=True)
+
+    return CapturedStep(CudaGraphs(), warmup=warmup, prepare=drop_gradients)
 
 
 def blocker(trainer: Any) -> str | None:

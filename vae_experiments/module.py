@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
-from vae_experiments.capture import CapturedStep
+from vae_experiments.capture import CapturedStep, make_capturable
 from vae_experiments.contracts import optional
 from vae_experiments.metrics.diagnostics import PosteriorDiagnostics
 from vae_experiments.metrics.elbo import mean_elbo
@@ -166,8 +166,7 @@ class VAEModule(L.LightningModule):
         optimizers = self.objective.configure_optimizers(self.model, self.optimizer_factory)
         if self.capture is not None:
             for optimizer in optimizers if isinstance(optimizers, list | tuple) else [optimizers]:
-                for group in optimizer.param_groups:
-                    group["capturable"] = True  # state on the device: the update can be recorded in a graph
+                make_capturable(optimizer)
                 optimizer.register_step_post_hook(self._count_optimizer_step)
         return optimizers
 

@@ -12,6 +12,16 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from vae_experiments.objectives.base import Objective, StepContext, run_iteration
 
+# the experiments whose iterations are counted (scripts/count_ops.py) and held to a budget (tests/test_step_graph.py),
+# on synthetic data of each one's shape where its data are not on every machine
+SETUPS = {
+    "default": [],
+    "rho": ["posterior=rho"],
+    "iaf_af": ["posterior=iaf", "prior=af"],
+    "sos_vae_fmnist": ["experiment=sos_vae_fmnist", "dataset=synthetic", "dataset.shape=[1,28,28]"],
+    "soft_intro_vae": ["experiment=soft_intro_vae", "dataset=synthetic", "dataset.shape=[3,32,32]"],
+    "soft_intro_vae_2d": ["experiment=soft_intro_vae_2d"],
+}
 # aten operators that only re-describe a tensor's memory (no kernel on a GPU)
 VIEWS = frozenset(
     {

@@ -21,7 +21,7 @@ from torch.optim import Optimizer
 from torch.utils.data import DataLoader
 
 from vae_experiments.bench.timing import StepClock, intervals, median, peak_memory_mib, reset_peak, stamp, sync
-from vae_experiments.capture import CapturedStep, CudaGraphs, capture_training
+from vae_experiments.capture import capture_training, recorded_loop
 from vae_experiments.module import VAEModule
 from vae_experiments.objectives.base import StepContext, run_iteration
 from vae_experiments.runtime import wants_channels_last
@@ -88,12 +88,7 @@ def plain_step_times(
     model.train()
     optimizers = optimizers_of(objective.configure_optimizers(model, module.optimizer_factory))
     cast = autocast(device, precision)
-    recorder = None
-    if capture:
-        for optimizer in optimizers:
-            for group in optimizer.param_groups:
-                group["capturable"] = True
-        recorder = CapturedStep(CudaGraphs(), prepare=lambda: [o.zero_grad(set_to_none=True) for o in optimizers])
+    recorder = recorded_loop(optimizers) if capture else None
     stamps: list[tuple[float, float]] = []
     for step, x in enumerate(batches):
         stamps.append(stamp(device))
