@@ -138,12 +138,15 @@ def test_traced_adam_is_torchs_update() -> None:
 
 def compile_whole_iteration(module: Any, x: Tensor) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
     """One iteration eagerly and one compiled with ``fullgraph=True`` (which raises on any graph break), from the
-    same weights, optimiser state and random state; returns both results (logs and weights)."""
+    same weights, optimiser state, objective buffers and random state; returns both results (logs, and the weights
+    and buffers after the iteration)."""
     torch._dynamo.reset()
     ctx = iteration_context(module)
     run_iteration(module.objective, ctx, x)  # optimiser state and the guard's flag exist from here on
     traced = StepContext(module.model, [TracedAdam(o) for o in ctx.optimizers], guard_finite=module.guard_finite)
-    start = copy.deepcopy((module.model.state_dict(), [o.state_dict() for o in ctx.optimizers]))
+    start = copy.deepcopy(
+        (module.model.state_dict(), [o.state_dict() for o in ctx.optimizers], module.objective.state_dict())
+    )
 
     def iteration(x: Tensor) -> dict[str, Tensor]:
         return run_iteration(module.objective, traced, x).logs
@@ -151,11 +154,13 @@ def compile_whole_iteration(module: Any, x: Tensor) -> tuple[dict[str, Tensor], 
     results = []
     for run in (iteration, torch.compile(iteration, fullgraph=True, backend="eager")):
         module.model.load_state_dict(start[0])
+        module.objective.load_state_dict(start[2])  # a Lagrange multiplier, soft free bits' gamma
         for optimizer, state in zip(ctx.optimizers, start[1], strict=True):
             optimizer.load_state_dict(copy.deepcopy(state))  # it adopts the given tensors, which the run updates
         torch.manual_seed(7)
         logs = {k: v.clone() for k, v in run(x).items()}
-        results.append((logs, {k: v.clone() for k, v in module.model.state_dict().items()}))
+        state = {**module.model.state_dict(), **{f"objective.{k}": v for k, v in module.objective.state_dict().items()}}
+        results.append((logs, {k: v.clone() for k, v in state.items()}))
     return results[0], results[1]
 
 
