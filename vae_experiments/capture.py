@@ -51,8 +51,15 @@ class CudaGraphs:
     def record(self, run: Callable[[], dict[str, Tensor]]) -> tuple[Callable[[], None], dict[str, Tensor]]:
         """Record ``run`` (no kernel runs while recording) and return the replay and the recorded outputs."""
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.pool, stream=self.stream):
-            out = run()
+        # autocast's cache of cast weights would outlive the recording and free memory the graph still uses
+        torch.clear_autocast_cache()
+        cache = torch.is_autocast_cache_enabled()
+        torch.set_autocast_cache_enabled(False)
+        try:
+            with torch.cuda.graph(graph, pool=self.pool, stream=self.stream):
+                out = run()
+        finally:
+            torch.set_autocast_cache_enabled(cache)
         self.pool = graph.pool()
         return graph.replay, out
 
