@@ -11,8 +11,8 @@ from torch import Tensor
 from torchvision import datasets
 from torchvision.transforms import v2
 
-from vae_experiments.data.datamodule import Splits, require_choice
-from vae_experiments.data.memory import BINARIZE, binarized_levels, split_images
+from vae_experiments.data.datamodule import Splits
+from vae_experiments.data.grey import GreyImages
 from vae_experiments.data.on_disk import OnDisk
 
 SIZE = 28
@@ -20,7 +20,7 @@ CACHE = f"omniglot{SIZE}.pt"
 
 
 @dataclass(kw_only=True)
-class Omniglot(OnDisk):
+class Omniglot(GreyImages, OnDisk):
     """Omniglot's background and evaluation sets pooled (32,460 images of 50 alphabets), resized 105x105 -> 28x28
     with antialiasing and inverted so strokes are 1 and background 0 (``levels`` 256, 2 binarised), from
     ``root/omniglot-py``. One permutation drawn with ``seed`` holds out ``test_size`` test images (8,070, the size
@@ -37,24 +37,14 @@ class Omniglot(OnDisk):
     folder = "omniglot-py"
     required = ("images_background", "images_evaluation", "images_background.zip", "images_evaluation.zip")
     what = "images_background.zip and images_evaluation.zip and their extracted folders"
+    values = 256
 
-    binarize: str = "none"
     val_size: int = 1_345
     test_size: int = 8_070
-    train_subset: int | None = None
-    seed: int = 0
-    hflip: bool = False
-
-    def __post_init__(self) -> None:
-        require_choice("binarize", self.binarize, BINARIZE)
 
     @property
     def data_shape(self) -> tuple[int, ...]:
         return (1, SIZE, SIZE)
-
-    @property
-    def levels(self) -> int:
-        return binarized_levels(self.binarize, 256)
 
     @property
     def cache(self) -> Path:
@@ -88,14 +78,4 @@ class Omniglot(OnDisk):
         return images
 
     def splits(self) -> Splits:
-        return split_images(
-            self.images(),
-            None,
-            256,
-            seed=self.seed,
-            val_size=self.val_size,
-            test_size=self.test_size,
-            train_subset=self.train_subset,
-            binarize=self.binarize,
-            hflip=self.hflip,
-        )
+        return self.split(self.images(), None, self.val_size, self.test_size)

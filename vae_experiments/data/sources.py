@@ -18,6 +18,7 @@ from torch import Tensor
 from torchvision import datasets
 
 from vae_experiments.data.datamodule import Source, Splits, require_choice
+from vae_experiments.data.grey import GreyImages
 from vae_experiments.data.memory import BINARIZE, binarized_levels, split_images
 from vae_experiments.data.on_disk import OnDisk
 from vae_experiments.errors import ConfigError
@@ -28,49 +29,29 @@ IDX_WHAT = "the four uncompressed idx files (" + ", ".join(IDX_FILES) + ")"
 
 
 @dataclass(kw_only=True)
-class Digits(Source):
+class Digits(GreyImages, Source):
     """scikit-learn's 1,797 8x8 handwritten digits, values 0..16 (``levels`` 17, 2 binarised), bundled with
     scikit-learn: no files, runs anywhere. One permutation drawn with ``seed`` holds out ``test_size`` test images,
     then ``val_size`` validation images; the rest train (1,297 / 250 / 250 by default). Binarisation and
     ``train_subset``: see ``memory.split_images``; ``hflip`` mirrors training images at random."""
 
     name = "digits"
+    values = 17
 
-    binarize: str = "none"
     val_size: int = 250
     test_size: int = 250
-    train_subset: int | None = None
-    seed: int = 0
-    hflip: bool = False
-
-    def __post_init__(self) -> None:
-        require_choice("binarize", self.binarize, BINARIZE)
 
     @property
     def data_shape(self) -> tuple[int, ...]:
         return (1, 8, 8)
 
-    @property
-    def levels(self) -> int:
-        return binarized_levels(self.binarize, 17)
-
     def splits(self) -> Splits:
         images = torch.from_numpy(load_digits().images).to(torch.uint8).unsqueeze(1)
-        return split_images(
-            images,
-            None,
-            17,
-            seed=self.seed,
-            val_size=self.val_size,
-            test_size=self.test_size,
-            train_subset=self.train_subset,
-            binarize=self.binarize,
-            hflip=self.hflip,
-        )
+        return self.split(images, None, self.val_size, self.test_size)
 
 
 @dataclass(kw_only=True)
-class MNIST(OnDisk):
+class MNIST(GreyImages, OnDisk):
     """MNIST: 60,000 training and 10,000 test 28x28 grey images (``levels`` 256, 2 binarised), read from the
     uncompressed idx files in ``root/MNIST/raw``. The training images are split with ``seed`` into
     60,000 - ``val_size`` / ``val_size`` (50,000 / 10,000 by default); the test split is the official one.
@@ -82,23 +63,13 @@ class MNIST(OnDisk):
     required = IDX_FILES
     what = IDX_WHAT
     torchvision_set: ClassVar[type[datasets.MNIST]] = datasets.MNIST
+    values = 256
 
-    binarize: str = "none"
     val_size: int = 10_000
-    train_subset: int | None = None
-    seed: int = 0
-    hflip: bool = False
-
-    def __post_init__(self) -> None:
-        require_choice("binarize", self.binarize, BINARIZE)
 
     @property
     def data_shape(self) -> tuple[int, ...]:
         return (1, 28, 28)
-
-    @property
-    def levels(self) -> int:
-        return binarized_levels(self.binarize, 256)
 
     def fetch(self) -> None:
         self.torchvision_set(self.root, download=True)
@@ -106,16 +77,7 @@ class MNIST(OnDisk):
     def splits(self) -> Splits:
         train = self.open(lambda: self.torchvision_set(self.root, train=True))
         test = self.open(lambda: self.torchvision_set(self.root, train=False))
-        return split_images(
-            train.data.unsqueeze(1),
-            test.data.unsqueeze(1),
-            256,
-            seed=self.seed,
-            val_size=self.val_size,
-            train_subset=self.train_subset,
-            binarize=self.binarize,
-            hflip=self.hflip,
-        )
+        return self.split(train.data.unsqueeze(1), test.data.unsqueeze(1), self.val_size)
 
 
 def _debian_fashion_mnist() -> bool:
