@@ -26,6 +26,7 @@ from vae_experiments.objectives.base import (
     backward,
     run_iteration,
 )
+from vae_experiments.run_config import CHECKPOINT_KEY
 
 TEST_KEYS = ("elbo", "nll", "recon", "kl", "loss")
 
@@ -75,6 +76,8 @@ class VAEModule(L.LightningModule):
         self.test_extras: dict[str, Any] = {}
         # how the run computes what it reports (kl_estimator, decoder/receptive_field); set by train.build
         self.run_info: dict[str, str] = {}
+        # the run config every checkpoint carries (``run_config.portable``); set by train.build
+        self.run_config: dict[str, Any] | None = None
         self.train_means = RunningMeans()
         self._step_output: StepOutput | None = None
         # whether reading a value on the host is free: None decides by the device (free on the CPU, a wait for the
@@ -249,6 +252,16 @@ class VAEModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._raise_if_not_finite()
+        if self.run_config is not None:
+            checkpoint[CHECKPOINT_KEY] = self.run_config
+
+    @classmethod
+    def load_from_checkpoint(cls, *args: Any, **kwargs: Any) -> VAEModule:
+        """Not Lightning's: its loader calls the constructor with saved arguments, and this module's are built parts
+        (a ``VAE``, an ``Objective``), not hyper-parameters. The checkpoint carries the run config instead."""
+        raise TypeError(
+            "a VAEModule is rebuilt from the run config its checkpoint carries: use vae_experiments.api.load(path)"
+        )
 
     # --- evaluation ---------------------------------------------------------------------------------------------
 

@@ -13,7 +13,7 @@ import hydra
 import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
-from vae_experiments import resume, run_dirs, sweep, tracking
+from vae_experiments import resume, run_config, run_dirs, sweep, tracking
 from vae_experiments.callbacks.csv_rows import CSVRows
 from vae_experiments.callbacks.last_validation import LastValidation
 from vae_experiments.callbacks.throughput import Throughput
@@ -37,10 +37,13 @@ CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 run_dirs.register_uid_resolver()
 
 
-def build(cfg: DictConfig) -> tuple[L.LightningDataModule, VAEModule]:
-    """The DataModule and the LightningModule a config describes, validated (raises ``ConfigError``)."""
+def build(cfg: DictConfig, require_data: bool = True) -> tuple[L.LightningDataModule, VAEModule]:
+    """The DataModule and the LightningModule a config describes, validated (raises ``ConfigError``); the module's
+    checkpoints carry the config (``run_config``). ``require_data=False``: the model only, whose shapes the data set
+    knows without its files (loading a checkpoint to sample from it)."""
     datamodule = build_node(cfg.dataset, "dataset", shuffle_seed=cfg.seed)
-    datamodule.require_files()
+    if require_data:
+        datamodule.require_files()
     factories = {part: build_node(cfg[part], part) for part in PARTS}
     model = build_part(
         lambda **kw: build_model(factories, **kw),
@@ -61,6 +64,7 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, VAEModule]:
         elbo_samples=cfg.eval.elbo_samples,
     )
     module.run_info = describe(model, terms)
+    module.run_config = run_config.portable(cfg)
     for key, value in module.run_info.items():
         log.info("%s: %s", key, value)
     if not terms.analytic_kl:
