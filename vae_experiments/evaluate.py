@@ -11,6 +11,7 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from vae_experiments import run_config
 from vae_experiments.errors import ConfigError
 from vae_experiments.report import write_final_metrics
 from vae_experiments.runtime import configure_runtime
@@ -18,17 +19,9 @@ from vae_experiments.train import CONFIG_DIR, apply_runtime_options, build
 from vae_experiments.validation import build_node
 
 
-def run_config(ckpt_path: Path) -> DictConfig:
-    """The saved config of the run a checkpoint is in: ``RUN/checkpoints/x.ckpt`` -> ``RUN/.hydra/config.yaml``."""
-    for parent in ckpt_path.resolve().parents:
-        candidate = parent / ".hydra" / "config.yaml"
-        if candidate.is_file():
-            return OmegaConf.load(candidate)
-    raise ConfigError(f"no .hydra/config.yaml above {ckpt_path}: pass a checkpoint inside a vae-train run directory")
-
-
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
-    """Rebuild the run's model and data from its config, load the checkpoint's weights, test, write metrics.json.
+    """Rebuild the run's model and data from the config its checkpoint carries (or, for an older checkpoint, its run
+    folder's ``.hydra/config.yaml``), load the checkpoint's weights, test, write metrics.json.
 
     The test phase is ``vae-train``'s (``report.write_final_metrics``), seeded with the run's ``seed``, at the run's
     optimiser step (what a scheduled weight in ``test/loss`` depends on), with its channels-last and compile
@@ -37,7 +30,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     ckpt_path = Path(cfg.ckpt_path)
     if not ckpt_path.is_file():
         raise ConfigError(f"checkpoint {ckpt_path} not found: pass ckpt_path=RUN/checkpoints/last.ckpt")
-    run_cfg = run_config(ckpt_path)
+    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    run_cfg = run_config.of_checkpoint(ckpt_path, checkpoint)
     with open_dict(run_cfg):
         run_cfg.eval = OmegaConf.merge(run_cfg.eval, cfg.eval)
         run_cfg.paths.output_dir = cfg.paths.output_dir
@@ -45,7 +39,6 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     configure_runtime()
     L.seed_everything(run_cfg.seed, workers=True, verbose=False)
     datamodule, module = build(run_cfg)
-    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False)
     module.load_state_dict(checkpoint["state_dict"])
     trainer = build_node(run_cfg.trainer, "trainer", logger=False, callbacks=[], max_epochs=None)
     trainer.fit_loop.load_state_dict(checkpoint["loops"]["fit_loop"])  # the run's global step
