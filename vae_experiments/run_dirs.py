@@ -30,6 +30,12 @@ def process_uid() -> str:
     return secrets.token_hex(3)
 
 
+def draw_new_uid() -> None:
+    """A new ``${uid:}`` for the configs resolved from now on in this process (``api.config``: a folder per call).
+    Configs that resolved it already keep theirs (OmegaConf's resolver cache)."""
+    process_uid.cache_clear()
+
+
 def register_uid_resolver() -> None:
     """Make ``${uid:}`` known to OmegaConf (before Hydra composes or resolves a config naming a run folder)."""
     OmegaConf.register_new_resolver("uid", process_uid, use_cache=True, replace=True)
