@@ -244,7 +244,7 @@ def test_wandb_group_defaults_to_the_sweep_folder(make_cfg) -> None:
     with read_write(cfg.hydra):
         cfg.hydra.mode = RunMode.MULTIRUN
     HydraConfig.instance().set_config(cfg)
-    assert tracking.wandb_kwargs(cfg, None)["group"] == "2030-01-01_00-00-00"
+    assert tracking.wandb_node(cfg, cfg.logger.wandb, None).group == "2030-01-01_00-00-00"
 
 
 @pytest.mark.parametrize("name", ["linear", "cosine", "cyclic"])
