@@ -90,7 +90,7 @@ def test_grid_runs_every_job_and_reports_failures(grid: Path, monkeypatch, capfd
     )
     assert stamps == {name: (grid / name / "metrics.json").stat().st_mtime_ns for name in finished}
     log = "".join(capfd.readouterr())
-    assert "8 jobs, 4 finished, 4 failed" in log and log.count("FAILED") == 4
+    assert "8 jobs, 0 finished, 4 skipped (finished before), 4 failed" in log and log.count("FAILED") == 4
 
 
 def test_single_run_config_error_exits_with_one_line(tmp_path: Path, monkeypatch, capsys) -> None:
