@@ -117,12 +117,14 @@ def test_a_failed_trial_is_recorded_and_the_search_goes_on(tmp_path: Path) -> No
 
 def test_a_search_whose_trials_all_fail_exits_1(tmp_path: Path) -> None:
     storage = f"sqlite:///{tmp_path / 'study.db'}"
-    args = ["hparams_search=optuna", "latent_dim=choice(0)", "hydra.sweeper.n_trials=2"]
+    args = ["hparams_search=optuna", "posterior=choice(no_such)", "hydra.sweeper.n_trials=2"]
     args += [f"hydra.sweeper.storage={storage}", "hydra.sweeper.study_name=s", f"hydra.sweep.dir={tmp_path / 'sweep'}"]
     result = vae_train([*args, *TINY], tmp_path)
     assert result.returncode == 1
     assert summary(tmp_path / "sweep", 2, 0, 0, 2) in result.stdout
-    assert [t.state for t in stored_study(storage).trials] == [optuna.trial.TrialState.FAIL] * 2
+    trials = stored_study(storage).trials
+    assert [t.state for t in trials] == [optuna.trial.TrialState.FAIL] * 2
+    assert all((Path(t.user_attrs[search.RUN_DIR]) / sweep.ERROR).read_text() == NO_SUCH for t in trials)
 
 
 def test_a_continued_study_proposes_new_points(tmp_path: Path) -> None:

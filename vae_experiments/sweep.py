@@ -1,13 +1,14 @@
 """Sweeps (``-m``): a failing job leaves ``error.txt`` in its folder and the sweep goes on; a summary at the end.
 
 A job whose overrides do not compose (``-m posterior=diagonal,no_such``) fails alone too: ``ComposesEachJob`` gives the
-launcher, in its place, the config of the sweep without the job's overrides, marked with the composition error, and
+launcher, in its place, the sweep's own config (none of the job's overrides), marked with the composition error, and
 ``FailsUncomposedJobs`` (the task function the launcher runs) writes that error into the job's folder instead of
 training. Both are installed by the sweepers in ``hydra_plugins/vae_experiments_sweepers``.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import re
 import sys
@@ -71,8 +72,8 @@ def composition_message(exc: BaseException) -> str:
 
 
 class ComposesEachJob:
-    """Hydra's config loader, except that a job whose overrides fail to compose gets the sweep's config without its
-    overrides, with ``hydra.overrides.task`` set to them (so its folder says which job it is) and the one-line error
+    """Hydra's config loader, except that a job whose overrides fail to compose gets the sweep's own config, with
+    ``hydra.overrides.task`` set to the job's overrides (so its folder says which job it is) and the one-line error
     under ``hydra.composition_error``, instead of raising and ending the whole sweep."""
 
     def __init__(self, loader: Any) -> None:
@@ -87,7 +88,9 @@ class ComposesEachJob:
         try:
             return self.loader.load_sweep_config(master_config, sweep_overrides)
         except (HydraException, OmegaConfBaseException) as exc:
-            config = self.loader.load_sweep_config(master_config, [])
+            # the launch's own config (composed without any job's overrides): composing it again with none of the
+            # job's overrides could fail too, on a hydra override that needs one of them (hparams_search=optuna)
+            config = copy.deepcopy(master_config)
             with read_write(config.hydra), open_dict(config.hydra):
                 config.hydra.overrides.task = list(sweep_overrides)
                 config.hydra[COMPOSITION_ERROR] = composition_message(exc)
