@@ -64,7 +64,7 @@ class TrialLauncher:
         for trial, ret in zip(self.trials, returns, strict=True):
             out = Path(ret.hydra_cfg.hydra.runtime.output_dir)
             trial.set_user_attr(RUN_DIR, str(out))
-            value = ret._return_value if ret.status == JobStatus.COMPLETED else None
+            value = ret.return_value if ret.status == JobStatus.COMPLETED else None
             if isinstance(value, float) and not math.isfinite(value):
                 cause = error_line(out) if (out / ERROR).is_file() else f"the optimised metric is {value}"
                 ret.status = JobStatus.FAILED
