@@ -77,7 +77,7 @@ def test_parallel_launcher_runs_n_jobs_at_once_with_a_share_of_the_threads(tmp_p
         timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert f"sweep {tmp_path}: 4 jobs, 4 finished, 0 failed" in result.stdout
+    assert f"sweep {tmp_path}: 4 jobs, 4 finished, 0 skipped (finished before), 0 failed" in result.stdout
     jobs = [tmp_path / str(i) for i in range(4)]
     assert all((job / "metrics.json").is_file() for job in jobs)
     clocks = [json.loads((job / CLOCK).read_text()) for job in jobs]

@@ -90,7 +90,7 @@ def test_grid_runs_every_job_and_reports_failures(grid: Path, monkeypatch, capfd
     )
     assert stamps == {name: (grid / name / "metrics.json").stat().st_mtime_ns for name in finished}
     log = "".join(capfd.readouterr())
-    assert "8 jobs, 4 finished, 4 failed" in log and log.count("FAILED") == 4
+    assert "8 jobs, 0 finished, 4 skipped (finished before), 4 failed" in log and log.count("FAILED") == 4
 
 
 def test_single_run_config_error_exits_with_one_line(tmp_path: Path, monkeypatch, capsys) -> None:
@@ -244,7 +244,7 @@ def test_wandb_group_defaults_to_the_sweep_folder(make_cfg) -> None:
     with read_write(cfg.hydra):
         cfg.hydra.mode = RunMode.MULTIRUN
     HydraConfig.instance().set_config(cfg)
-    assert tracking.wandb_kwargs(cfg, None)["group"] == "2030-01-01_00-00-00"
+    assert tracking.wandb_node(cfg, cfg.logger.wandb, None).group == "2030-01-01_00-00-00"
 
 
 @pytest.mark.parametrize("name", ["linear", "cosine", "cyclic"])

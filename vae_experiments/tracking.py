@@ -7,14 +7,14 @@ folder and passes ``id=..., resume="allow"``. Offline runs (``logger.wandb.offli
 
 from __future__ import annotations
 
+import copy
 import sys
 import uuid
 from pathlib import Path
-from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.utilities import rank_zero_only
-from omegaconf import DictConfig
+from omegaconf import DictConfig, open_dict, read_write
 
 from vae_experiments.sweep import in_multirun
 
@@ -26,17 +26,22 @@ def run_folder(ckpt_path: str) -> Path:
     return Path(ckpt_path).resolve().parent.parent
 
 
-def wandb_kwargs(cfg: DictConfig, ckpt_path: str | None) -> dict[str, Any]:
-    """What the wandb logger's config cannot know: the run id (the resumed run's, else a new one, stored in the run
-    folder) and, under ``-m`` with no ``logger.wandb.group``, the sweep folder's name as the group."""
+def wandb_node(cfg: DictConfig, node: DictConfig, ckpt_path: str | None) -> DictConfig:
+    """The wandb logger's config node with what it cannot know set: the run id (the resumed run's, else a new one,
+    stored in the run folder) and, under ``-m`` with no ``logger.wandb.group``, the sweep folder's name as the group.
+    Set in a copy of the node rather than passed as keyword arguments, where ``group`` would clash with ``group: null``
+    (and with the group argument of ``build_node``)."""
     out = Path(cfg.paths.output_dir)
     stored = [folder / RUN_ID for folder in (out, *([run_folder(ckpt_path)] if ckpt_path else []))]
     run_id = next((p.read_text().strip() for p in stored[::-1] if p.is_file()), None) or uuid.uuid4().hex[:8]
     write_run_id(out, run_id)
-    kwargs: dict[str, Any] = {"id": run_id, "resume": "allow"}
-    if not cfg.logger.wandb.get("group") and in_multirun():
-        kwargs["group"] = Path(HydraConfig.get().sweep.dir).name
-    return kwargs
+    node = copy.deepcopy(node)
+    with read_write(node), open_dict(node):
+        node.id = run_id
+        node.resume = "allow"
+        if not node.get("group") and in_multirun():
+            node.group = Path(HydraConfig.get().sweep.dir).name
+    return node
 
 
 @rank_zero_only

@@ -82,7 +82,7 @@ def build_trainer(cfg: DictConfig, *extra: L.Callback, ckpt_path: str | None = N
     callbacks = [build_node(node, f"callbacks.{name}") for name, node in (cfg.get("callbacks") or {}).items() if node]
     callbacks.extend([*extra, CSVRows()])
     loggers = [
-        build_node(node, f"logger.{name}", **(tracking.wandb_kwargs(cfg, ckpt_path) if name == "wandb" else {}))
+        build_node(tracking.wandb_node(cfg, node, ckpt_path) if name == "wandb" else node, f"logger.{name}")
         for name, node in (cfg.get("logger") or {}).items()
         if node
     ]
