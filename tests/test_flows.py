@@ -12,9 +12,9 @@ from torch.autograd.functional import jacobian
 
 from vae_experiments.contracts import require_event_shape
 from vae_experiments.distributions.autoregressive_step import autoregressive_step
-from vae_experiments.distributions.flow_prior import AutoregressiveFlowPrior
+from vae_experiments.distributions.flow_prior import AutoregressiveFlowPrior, standardize
 from vae_experiments.distributions.flow_scale import LOG_SCALE_BOUND, soft_clamp_log_scale
-from vae_experiments.distributions.iaf import IAFPosterior, gated_step
+from vae_experiments.distributions.iaf import IAFPosterior
 from vae_experiments.errors import ConfigError
 
 D = 5
@@ -38,7 +38,7 @@ def made_outputs(step: nn.Module, x: torch.Tensor, c: torch.Tensor | None = None
 def test_made_jacobian_is_strictly_triangular_in_its_order():
     torch.manual_seed(0)
     order = torch.randperm(D)
-    step = autoregressive_step(D, gated_step, 2, order, context=3, hidden_units=32, activation=nn.ELU).double()
+    step = autoregressive_step(D, standardize, 2, order, context=3, hidden_units=32, activation=nn.ELU).double()
     x, c = torch.randn(D, dtype=torch.float64), torch.randn(3, dtype=torch.float64)
     jx = jacobian(lambda x_: made_outputs(step, x_, c), x)  # (D, 2, D)
     jc = jacobian(lambda c_: made_outputs(step, x, c_), c)  # (D, 2, 3)

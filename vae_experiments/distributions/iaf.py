@@ -54,6 +54,7 @@ class IAFDistribution(Distribution):
         super().__init__(loc.shape[:-1], loc.shape[-1:], validate_args=False)
 
     def _log_q0(self, eps: Tensor) -> Tensor:
+        """log q(z_0|x) = -sum_i [log sigma_0,i + eps_i^2 / 2 + log(2 pi) / 2] at z_0 = mu_0 + sigma_0 eps."""
         return -(self.scale.log() + 0.5 * eps.pow(2) + 0.5 * math.log(2 * math.pi)).sum(-1)
 
     def transform(self, eps: Tensor) -> tuple[Tensor, Tensor]:
