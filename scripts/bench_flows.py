@@ -14,6 +14,10 @@ IAF of ``posterior=iaf``, 2 steps of 2 x 320 with a 64-d context, from a 256-d h
 - ``af_sample``: 128 draws (64 sequential passes per step)
 - ``iaf_rsample_log_q_backward``: z and log q(z|x) in one pass, and their gradient
 - ``iaf_log_prob_of_any_z``: log q of a given z (the sequential inverse)
+- ``iaf_af_training_iteration``: a whole training iteration of ``posterior=iaf prior=af`` (the digits MLP VAE,
+  latent 16, batch 128), optimiser update included
+- ``vlae_training_iteration``: the same for ``experiment=vlae`` (ResNet, AF prior, PixelCNN) on 28x28 binary images,
+  batch 64
 """
 
 from __future__ import annotations
@@ -31,25 +35,45 @@ from pathlib import Path
 from types import ModuleType
 
 import torch
+from hydra import compose, initialize_config_dir
 
 LATENT, BATCH, H = 64, 128, 256
+IAF_AF = ["posterior=iaf", "prior=af"]
+VLAE = ["experiment=vlae", "dataset=synthetic", "dataset.shape=[1,28,28]", "dataset.binarize=dynamic"]
 
 
-def load(root: Path) -> tuple[ModuleType, ModuleType]:
-    """The flow prior's and the IAF's modules of the checkout at ``root``, imported afresh."""
+def load(root: Path) -> dict[str, Callable[[], object]]:
+    """The cases, built from the checkout at ``root``: its modules imported afresh (Hydra's ``_target_``s resolve
+    while they are the ones in ``sys.modules``)."""
     for name in [m for m in sys.modules if m == "vae_experiments" or m.startswith("vae_experiments.")]:
         del sys.modules[name]
     sys.path.insert(0, str(root))
     try:
-        return (
-            importlib.import_module("vae_experiments.distributions.flow_prior"),
-            importlib.import_module("vae_experiments.distributions.iaf"),
-        )
+        names = ("distributions.flow_prior", "distributions.iaf", "train", "bench.dispatch", "objectives.base")
+        modules = [importlib.import_module(f"vae_experiments.{name}") for name in names]
+        assert all(Path(m.__file__).is_relative_to(root) for m in modules), modules  # this checkout's code
+        return cases(*modules)
     finally:
         sys.path.remove(str(root))
 
 
-def cases(flow_prior: ModuleType, iaf: ModuleType) -> dict[str, Callable[[], object]]:
+def training_iteration(
+    train: ModuleType, dispatch: ModuleType, base: ModuleType, overrides: list[str], batch: int
+) -> Callable[[], object]:
+    """One whole training iteration (loss, backward, optimiser update) of the run ``overrides`` configure."""
+    with initialize_config_dir(config_dir=train.CONFIG_DIR, version_base="1.3"):
+        cfg = compose(config_name="train", overrides=overrides)
+    torch.manual_seed(0)
+    _, module = train.build(cfg)
+    module.model.train()
+    ctx = dispatch.iteration_context(module)
+    x = dispatch.example_batch(module, batch)
+    return lambda: base.run_iteration(module.objective, ctx, x)
+
+
+def cases(
+    flow_prior: ModuleType, iaf: ModuleType, train: ModuleType, dispatch: ModuleType, base: ModuleType
+) -> dict[str, Callable[[], object]]:
     torch.manual_seed(0)
     prior = flow_prior.AutoregressiveFlowPrior(LATENT)
     affine = flow_prior.AutoregressiveFlowPrior(LATENT, mean_only=False)
@@ -75,6 +99,8 @@ def cases(flow_prior: ModuleType, iaf: ModuleType) -> dict[str, Callable[[], obj
         "af_sample": af_sample,
         "iaf_rsample_log_q_backward": iaf_rsample,
         "iaf_log_prob_of_any_z": iaf_any_z,
+        "iaf_af_training_iteration": training_iteration(train, dispatch, base, IAF_AF, BATCH),
+        "vlae_training_iteration": training_iteration(train, dispatch, base, VLAE, 64),
     }
 
 
@@ -92,10 +118,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     roots = {"baseline": args.baseline.resolve(), "this": Path(__file__).resolve().parent.parent}
-    modules = {side: load(root) for side, root in roots.items()}
-    for side, root in roots.items():  # each side runs its own checkout's code
-        assert all(Path(m.__file__).is_relative_to(root) for m in modules[side]), (side, modules[side])
-    sides = {side: cases(*m) for side, m in modules.items()}
+    sides = {side: load(root) for side, root in roots.items()}
     times: dict[str, dict[str, list[float]]] = {side: {name: [] for name in sides["this"]} for side in sides}
     for name in sides["this"]:
         for side in sides:
