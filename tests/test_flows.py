@@ -1,5 +1,5 @@
-"""MADE, the autoregressive-flow prior and the IAF posterior: autoregressive structure and log-densities
-against brute-force Jacobians."""
+"""The MADE of a flow step, the autoregressive-flow prior and the IAF posterior: autoregressive structure and
+log-densities against brute-force Jacobians."""
 
 from __future__ import annotations
 
@@ -11,10 +11,11 @@ from torch import nn
 from torch.autograd.functional import jacobian
 
 from vae_experiments.contracts import require_event_shape
-from vae_experiments.distributions.flow_prior import AutoregressiveFlowPrior
+from vae_experiments.distributions.autoregressive_step import autoregressive_step
+from vae_experiments.distributions.flow_prior import AutoregressiveFlowPrior, standardize
 from vae_experiments.distributions.flow_scale import LOG_SCALE_BOUND, soft_clamp_log_scale
 from vae_experiments.distributions.iaf import IAFPosterior
-from vae_experiments.nets.made import MADE
+from vae_experiments.errors import ConfigError
 
 D = 5
 
@@ -28,17 +29,28 @@ def log_abs_det(f, x: torch.Tensor) -> torch.Tensor:
     return torch.stack([torch.linalg.slogdet(jacobian(f, row))[1] for row in x])
 
 
+def made_outputs(step: nn.Module, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
+    """The step's MADE outputs (..., d, n_params) at x (and context c)."""
+    x = x if c is None else torch.cat([x, c.expand(*x.shape[:-1], -1)], -1)
+    return step.hyper(x).unflatten(-1, (D, -1))
+
+
 def test_made_jacobian_is_strictly_triangular_in_its_order():
     torch.manual_seed(0)
     order = torch.randperm(D)
-    made = MADE(D, n_params=2, context=3, hidden_units=32, order=order, activation=nn.ELU).double()
+    step = autoregressive_step(D, standardize, 2, order, context=3, hidden_units=32, activation=nn.ELU).double()
     x, c = torch.randn(D, dtype=torch.float64), torch.randn(3, dtype=torch.float64)
-    jx = jacobian(lambda x_: made(x_, c), x)  # (D, 2, D)
-    jc = jacobian(lambda c_: made(x, c_), c)  # (D, 2, 3)
+    jx = jacobian(lambda x_: made_outputs(step, x_, c), x)  # (D, 2, D)
+    jc = jacobian(lambda c_: made_outputs(step, x, c_), c)  # (D, 2, 3)
     allowed = order[None, :] < order[:, None]  # [i, j]: output i may see input j
     for p in range(2):
         assert torch.equal(jx[:, p] != 0, allowed)
     assert (jc != 0).all()
+
+
+def test_a_flow_over_one_dimension_without_context_is_refused():
+    with pytest.raises(ConfigError, match="latent_dim>=2"):
+        AutoregressiveFlowPrior(1)
 
 
 @pytest.mark.parametrize("mean_only", [True, False])
@@ -114,20 +126,20 @@ def test_flow_densities_stay_finite_and_scales_bounded_with_diverged_weights():
     prior = AutoregressiveFlowPrior(D, steps=3, hidden_layers=2, hidden_units=32, mean_only=False)
     post = IAFPosterior(in_features=6, latent_dim=D, steps=2, context_features=4, hidden_units=32)
     diverge(prior, 3.0)
-    diverge(post.mades, 3.0)
+    diverge(post.steps, 3.0)
     z = torch.randn(16, D)
-    raw = prior.mades[-1](z)[..., 1]
+    raw = made_outputs(prior.steps[-1], z)[..., 1]
     assert raw.abs().max() > 100
-    for k in range(3):
-        log_sigma = prior._shift_log_scale(k, z)[1]
+    for step in prior.steps:
+        log_sigma = step().meta(z).base.inv.log_scale
         assert log_sigma.abs().max() <= LOG_SCALE_BOUND
     assert torch.isfinite(prior.log_prob(z)).all()
     q = post(torch.randn(16, 6))
     zq, log_q = q.rsample_and_log_prob()
     assert torch.isfinite(log_q).all()
     assert torch.isfinite(q.log_prob(zq.detach().clone())).all()
-    for t in range(2):
-        log_sigma = q._step(t, zq)[1]
+    for step in q.steps:
+        log_sigma = step.meta(zq).base.log_scale
         assert (log_sigma <= 0).all() and (log_sigma >= -LOG_SCALE_BOUND).all()
 
 
@@ -138,7 +150,7 @@ def test_flow_prior_log_det_is_the_jacobian_where_the_clamp_bites():
     prior = AutoregressiveFlowPrior(D, steps=2, hidden_layers=2, hidden_units=16, mean_only=False).double()
     diverge(prior, 1.0)
     z = 0.3 * torch.randn(4, D, dtype=torch.float64)
-    pre = prior.mades[-1](z)[..., 1]
+    pre = made_outputs(prior.steps[0], z)[..., 1]
     assert pre.abs().max() > LOG_SCALE_BOUND
     log_det = prior.inverse(z)[1]
     brute = log_abs_det(lambda z_: prior.inverse(z_[None])[0][0], z)
@@ -150,6 +162,6 @@ def test_configs_build_the_parts():
     from omegaconf import OmegaConf
 
     prior = instantiate(OmegaConf.load("conf/prior/af.yaml"))(latent_dim=D)
-    assert isinstance(prior, AutoregressiveFlowPrior) and prior.mean_only and len(prior.mades) == 4
+    assert isinstance(prior, AutoregressiveFlowPrior) and prior.mean_only and len(prior.steps) == 4
     post = instantiate(OmegaConf.load("conf/posterior/iaf.yaml"))(in_features=6, latent_dim=D)
-    assert isinstance(post, IAFPosterior) and len(post.mades) == 2
+    assert isinstance(post, IAFPosterior) and len(post.steps) == 2

@@ -54,7 +54,7 @@ def test_iaf_log_density_under_bf16_autocast_is_computed_in_fp32() -> None:
     evaluated in float64 on the very network outputs (bf16) the step produced."""
     torch.manual_seed(0)
     posterior = IAFPosterior(16, 32, steps=2, context_features=8, hidden_units=64)
-    head_out, made_out = _outputs_of([posterior.head]), _outputs_of(list(posterior.mades))
+    head_out, made_out = _outputs_of([posterior.head]), _outputs_of([step.hyper for step in posterior.steps])
     h = torch.randn(64, 16)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         q = posterior(h)
@@ -66,6 +66,7 @@ def test_iaf_log_density_under_bf16_autocast_is_computed_in_fp32() -> None:
     z = loc + scale * e
     expected = -(scale.log() + 0.5 * e.pow(2) + 0.5 * math.log(2 * math.pi)).sum(-1)
     for made in made_out:
+        made = made.unflatten(-1, (32, 2))
         m = made[..., 0].double()
         log_sigma = soft_clamp_log_scale(F.logsigmoid(made[..., 1].double() + posterior.gate_bias))
         z = log_sigma.exp() * z + (1 - log_sigma.exp()) * m
@@ -76,13 +77,14 @@ def test_iaf_log_density_under_bf16_autocast_is_computed_in_fp32() -> None:
 def test_af_prior_log_density_under_bf16_autocast_is_computed_in_fp32() -> None:
     torch.manual_seed(0)
     prior = AutoregressiveFlowPrior(32, steps=2, hidden_units=64, mean_only=False)
-    made_out = _outputs_of(list(prior.mades))
+    made_out = _outputs_of([step.hyper for step in prior.steps])
     z = torch.randn(64, 32)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         log_p = prior.log_prob(z)
     assert made_out[0].dtype == torch.bfloat16 and log_p.dtype == torch.float32
     eps, log_det = z.double(), torch.zeros(64, dtype=torch.float64)
-    for made in made_out:  # inverse() runs the steps in reverse; the hooks saw them in that order
+    for made in made_out:  # the hooks saw the steps in the order inverse() runs them
+        made = made.unflatten(-1, (32, 2))
         mu, log_sigma = made[..., 0].double(), soft_clamp_log_scale(made[..., 1].double())
         eps = (eps - mu) * torch.exp(-log_sigma)
         log_det = log_det - log_sigma.sum(-1)

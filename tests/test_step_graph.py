@@ -22,7 +22,7 @@ from vae_experiments.train import build
 BUDGET = {
     "default": 103,
     "rho": 170,
-    "iaf_af": 356,
+    "iaf_af": 342,
     "sos_vae_fmnist": 316,
     "soft_intro_vae": 1624,
     "soft_intro_vae_2d": 139,

@@ -20,6 +20,10 @@ class Throughput(L.Callback):
     fit had finished (killed while testing) reports the fit's.
     """
 
+    # Not Lightning's ThroughputMonitor: it synchronises the GPU after every batch, its rate runs from batch end to
+    # batch end over a window (data loading and everything between the steps counted), and it keeps nothing in the
+    # checkpoint; train/images_per_sec is the median step rate of the whole fit, data loading excluded, resumable.
+
     def __init__(self, warmup: int = 5) -> None:
         self.warmup = warmup
         self.rates: list[float] = []

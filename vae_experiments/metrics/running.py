@@ -16,6 +16,11 @@ class RunningMeans:
     objective's warm-up phase logs other keys); each key's mean uses the weights of the steps that logged it.
     """
 
+    # Not torchmetrics' MeanMetric: it reduces a tensor to one number, so it takes one metric per key: 70 operators
+    # per step for 10 keys against 3 here, 6.5x the host time (BENCHMARKS.md, "Library replacements"). Across ranks,
+    # Lightning's ``self.log(sync_dist=True)`` averages the ranks' epoch means: MeanMetric's global weighted mean, as
+    # Lightning's distributed sampler gives every rank as many examples.
+
     def __init__(self) -> None:
         self._vectors: dict[tuple[str, ...], list[Tensor | float]] = {}
         self._floats: dict[str, list[float]] = {}
@@ -25,9 +30,12 @@ class RunningMeans:
         on_device = [k for k, v in logs.items() if isinstance(v, Tensor) and v.device == device]
         if on_device:
             vector = torch.stack([logs[k].detach().float().reshape(()) for k in on_device])
-            acc = self._vectors.setdefault(tuple(on_device), [torch.zeros_like(vector), 0.0])
-            acc[0] = acc[0] + vector * weight
-            acc[1] += weight
+            acc = self._vectors.get(tuple(on_device))
+            if acc is None:
+                self._vectors[tuple(on_device)] = [vector * weight, weight]
+            else:
+                acc[0] = acc[0] + vector * weight
+                acc[1] += weight
         numbers = {k: float(v) for k, v in logs.items() if k not in on_device}  # CPU values: no device sync
         for key, number in numbers.items():
             acc_f = self._floats.setdefault(key, [0.0, 0.0])

@@ -1,1 +1,1 @@
-"""Shape-agnostic networks: MLP / conv / ResNet encoders and decoders, PixelCNN, MADE."""
+"""Shape-agnostic networks: MLP / conv / ResNet encoders and decoders, PixelCNN."""
