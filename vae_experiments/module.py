@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Hashable
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -141,11 +142,26 @@ class VAEModule(L.LightningModule):
             raise FloatingPointError(self._non_finite_message(""))
 
     def _non_finite_message(self, detail: str) -> str:
+        """Three lines: what happened and at which step, the checkpoint that holds the last good state (if any), and
+        the objective's and the likelihood's advice."""
         advice = [self.objective.non_finite_advice, optional(self.model.likelihood, "non_finite_advice")]
+        saved = self._last_good_checkpoint()
+        kept = f"the last good state is in {saved}" if saved else "no checkpoint holds a good state yet"
         return (
-            f"non-finite training loss by step {self.global_step}{detail}; the last good checkpoint is kept "
-            f"({'; '.join(a for a in advice if a)})"
+            f"non-finite training loss by step {self.global_step}{detail}; the run stopped\n"
+            f"{kept} (written before the bad step)\n"
+            f"fix: {'; '.join(a for a in advice if a)}"
         )
+
+    def _last_good_checkpoint(self) -> str | None:
+        """The newest checkpoint file of this fit: ``last.ckpt`` (``LastCheckpoint.path``), else the best one."""
+        if self._trainer is None:
+            return None
+        for callback in self.trainer.checkpoint_callbacks:
+            for path in (getattr(callback, "path", None), getattr(callback, "best_model_path", None)):
+                if path and Path(path).is_file():
+                    return str(path)
+        return None
 
     def _reduce_mean(self, t: Tensor) -> Tensor:
         trainer = self._trainer
