@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import HydraException, MissingConfigException
+from hydra.errors import HydraException, MissingConfigException, OverrideParseException
 from hydra.types import RunMode
 from omegaconf.errors import OmegaConfBaseException
 
@@ -79,6 +79,12 @@ def hydra_error_line(exc: BaseException) -> str:
         if group and options:
             return f"{group}={name} is not an option of {group}: choose one of {', '.join(options)}"
         return f"no config {found.group(1)}: check the name (ls conf/{group or ''})"
+    if isinstance(exc, OverrideParseException):
+        reason = exc.message.splitlines()[0]
+        return (
+            f"cannot parse the override {exc.override!r} ({reason}): write key=value, close brackets and "
+            "quotes, and quote a value with spaces or special characters: 'key=\"a b\"'"
+        )
     if isinstance(exc, OSError) and not isinstance(exc, HydraException):
         where = f" {exc.filename}" if exc.filename else ""
         return f"cannot create the run folder{where} ({exc.strerror or exc}): choose a writable hydra.run.dir=PATH"
@@ -101,9 +107,22 @@ def hydra_error_line(exc: BaseException) -> str:
     return message
 
 
+def keep_library_logs_off_stderr() -> None:
+    """Lightning's package logger prints to stderr and also hands its records to the root logger, which Hydra sends
+    to the run's log file and stdout: drop its stderr copy (called once Lightning is imported, in a Hydra job)."""
+    if not logging.getLogger().handlers:
+        return
+    lightning_logger = logging.getLogger("lightning")
+    for handler in list(lightning_logger.handlers):
+        if isinstance(handler, logging.StreamHandler) and handler.stream is sys.stderr:
+            lightning_logger.removeHandler(handler)
+
+
 def run_entry_point(hydra_main: Callable[[], Any]) -> Any:
     """Run a ``hydra.main`` function with Hydra's errors raised (``HYDRA_FULL_ERROR``) instead of printed, so that
-    each one before the task starts becomes one line and exit 2; a failure inside the task propagates unchanged."""
+    each one before the task starts becomes one line and exit 2; a failure inside the task propagates unchanged.
+    The process's settings are restored afterwards (the tests call entry points in their own process)."""
+    full_error = os.environ.get("HYDRA_FULL_ERROR")
     os.environ["HYDRA_FULL_ERROR"] = "1"
     # conf/hydra/launcher/submitit_slurm.yaml documents the plugin's fields and is checked against its schema
     warnings.filterwarnings("ignore", message=r"\s*'hydra/launcher/submitit_slurm' is validated", category=UserWarning)
@@ -118,3 +137,10 @@ def run_entry_point(hydra_main: Callable[[], Any]) -> Any:
         if _Started.task:
             raise
         fail(hydra_error_line(exc))
+    finally:
+        _Started.task = False
+        logging.captureWarnings(False)
+        if full_error is None:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = full_error

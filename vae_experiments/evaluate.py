@@ -11,7 +11,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from vae_experiments.checkpoint_checks import require_compatible_checkpoint
 from vae_experiments.config_checks import check_eval_config, check_run_config
-from vae_experiments.entry import CONFIG_DIR, fail, mark_started, run_entry_point
+from vae_experiments.entry import CONFIG_DIR, fail, keep_library_logs_off_stderr, mark_started, run_entry_point
 from vae_experiments.errors import ConfigError
 from vae_experiments.report import write_final_metrics
 from vae_experiments.runtime import configure_runtime
@@ -62,6 +62,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 def run_job(cfg: DictConfig) -> None:
     """The job of ``vae-eval`` (``vae_experiments.cli``): a ``ConfigError`` is one line and exit 2."""
     mark_started()
+    keep_library_logs_off_stderr()
     try:
         check_eval_config(cfg)
         evaluate(cfg)
@@ -69,5 +70,11 @@ def run_job(cfg: DictConfig) -> None:
         fail(str(exc))
 
 
-if __name__ == "__main__":
+def main() -> None:
+    """``vae-eval`` with the runner imported up front (``python -m vae_experiments.evaluate``; the console script is
+    the lighter ``vae_experiments.cli.evaluate``)."""
     run_entry_point(hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="eval")(run_job))
+
+
+if __name__ == "__main__":
+    main()

@@ -146,10 +146,14 @@ class VAEModule(L.LightningModule):
         the objective's and the likelihood's advice."""
         advice = [self.objective.non_finite_advice, optional(self.model.likelihood, "non_finite_advice")]
         saved = self._last_good_checkpoint()
-        kept = f"the last good state is in {saved}" if saved else "no checkpoint holds a good state yet"
+        kept = (
+            f"the last good state is in {saved} (written before the bad step)"
+            if saved
+            else "no checkpoint holds a good state yet (the first is written when the first epoch ends)"
+        )
         return (
             f"non-finite training loss by step {self.global_step}{detail}; the run stopped\n"
-            f"{kept} (written before the bad step)\n"
+            f"{kept}\n"
             f"fix: {'; '.join(a for a in advice if a)}"
         )
 

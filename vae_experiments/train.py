@@ -20,7 +20,7 @@ from vae_experiments.capture import capture_training
 from vae_experiments.checkpoint_checks import require_compatible_checkpoint
 from vae_experiments.checkpointing import AtomicCheckpointIO
 from vae_experiments.config_checks import check_against_data, check_train_config
-from vae_experiments.entry import CONFIG_DIR, fail, mark_started, run_entry_point
+from vae_experiments.entry import CONFIG_DIR, fail, keep_library_logs_off_stderr, mark_started, run_entry_point
 from vae_experiments.errors import ConfigError
 from vae_experiments.model import VAE, build_model
 from vae_experiments.module import VAEModule
@@ -172,6 +172,7 @@ def run_job(cfg: DictConfig) -> float | None:
     diverged run); a sweep job writes its failure into its folder and returns NaN, so the other jobs still run
     (``SweepSummary`` lists the failures at the end)."""
     mark_started()
+    keep_library_logs_off_stderr()
     multirun = sweep.in_multirun()
     if multirun:
         sweep.clear_failure(cfg)
@@ -190,5 +191,11 @@ def run_job(cfg: DictConfig) -> float | None:
         raise
 
 
-if __name__ == "__main__":
+def main() -> None:
+    """``vae-train`` with the runner imported up front (``python -m vae_experiments.train``; the console script is
+    the lighter ``vae_experiments.cli.train``)."""
     run_entry_point(hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")(run_job))
+
+
+if __name__ == "__main__":
+    main()
