@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from vae_experiments import config_checks
+
 ROOT = Path(__file__).resolve().parent.parent
 TRAIN = "from vae_experiments.cli import train; train()"
 EVAL = "from vae_experiments.cli import evaluate; evaluate()"
@@ -206,3 +208,25 @@ def test_a_diverged_run_says_where_its_last_good_state_is(tmp_path: Path) -> Non
     assert lines[1].startswith("no checkpoint holds a good state yet") or "last.ckpt (written before" in lines[1]
     assert lines[2].startswith("fix: lower the learning rate")
     assert not (out / "metrics.json").exists()
+
+
+def shipped_choices() -> list[list[str]]:
+    """Every experiment, and every option of every group beside the defaults."""
+    conf = ROOT / "conf"
+    out = [[f"experiment={p.stem}"] for p in sorted((conf / "experiment").glob("*.yaml"))]
+    for group in sorted(p for p in conf.iterdir() if p.is_dir() and p.name not in ("experiment", "hydra")):
+        for folder in [group, *sorted(d for d in group.iterdir() if d.is_dir())]:
+            name = folder.relative_to(conf).as_posix()
+            prefix = "+" if name == "schedule" else ""
+            at = "@objective.beta" if name == "schedule" else ""
+            out += [[f"{prefix}{name}{at}={p.stem}"] for p in sorted(folder.glob("*.yaml"))]
+    return out
+
+
+@pytest.mark.parametrize("overrides", shipped_choices(), ids=lambda o: o[0])
+def test_every_shipped_config_passes_the_checks(compose_config, tmp_path: Path, monkeypatch, overrides) -> None:
+    """The checks refuse bad values, never a configuration the project ships (FID's weights aside: a machine may
+    lack them, and ``fid-weights`` above tests that check)."""
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setattr(config_checks, "check_fid", lambda cfg: None)
+    config_checks.check_train_config(compose_config(overrides, tmp_path))

@@ -68,10 +68,10 @@ class Number:
     def accepts(self, value: Any) -> bool:
         if value is None:
             return self.nullable
+        if any(value == a and type(value) is type(a) for a in self.also):
+            return True
         if isinstance(value, bool) or not isinstance(value, int | float):
             return False
-        if value in self.also:
-            return True
         if (self.integer and not isinstance(value, int)) or not math.isfinite(value):
             return False
         if self.low is not None and (value <= self.low if self.open_low else value < self.low):
