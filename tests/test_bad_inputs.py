@@ -80,6 +80,7 @@ LIGHT: list[tuple[str, str, list[str], str]] = [
     ("sfb-rate", TRAIN, ["objective=soft_free_bits", "objective.rate=1.5"], "objective.rate=1.5"),
     ("sfb-gamma", TRAIN, ["objective=soft_free_bits", "objective.gamma_init=0"], "objective.gamma_init=0"),
     ("schedule-steps", TRAIN, ["+schedule@objective.beta=linear", "objective.beta.steps=0"], "objective.beta.steps=0"),
+    ("schedule-start", TRAIN, ["+schedule@objective.beta=linear", "objective.beta.start=-1"], "beta.start=-1"),
     ("schedule-end", TRAIN, ["+schedule@objective.beta=linear", "objective.beta.end=nan"], "objective.beta.end=nan"),
     # optimisers
     ("lr-negative", TRAIN, ["optimizer.lr=-1"], "optimizer.lr=-1 is not a number > 0"),
@@ -133,6 +134,7 @@ HEAVY: list[tuple[str, str, list[str], str]] = [
     ("ckpt-other-model", TRAIN, [*TINY, "ckpt_path={tmp}/other.ckpt"], "made by another model configuration"),
     ("ckpt-last-absent", TRAIN, [*TINY, "ckpt_path=last"], "ckpt_path=last"),
     ("eval-outside-run", EVAL, ["ckpt_path={tmp}/random.ckpt"], "no .hydra/config.yaml above"),
+    ("eval-truncated", EVAL, ["ckpt_path={tmp}/run/checkpoints/truncated.ckpt"], "not a readable checkpoint"),
     ("eval-other-model", EVAL, ["ckpt_path={tmp}/run/checkpoints/other.ckpt"], "made by another model configuration"),
     ("cifar-offline", TRAIN, [*TINY[2:], "dataset=cifar10", "dataset.download=true", "likelihood=discretized_logistic",
                               "encoder=conv", "decoder=conv", "paths.data_dir={tmp}/data"],
@@ -165,15 +167,17 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> Path:
         ).stdout
     )
     torch.save(other, run / "checkpoints" / "other.ckpt")
+    (run / "checkpoints" / "truncated.ckpt").write_bytes((tmp / "truncated.ckpt").read_bytes())
     return tmp
 
 
-def run_bad(files: Path, tmp_path: Path, entry: str, args: list[str], expected: str) -> None:
+def run_bad(files: Path, tmp_path: Path, entry: str, args: list[str], expected: str, **environ: str) -> None:
     out = tmp_path / "out"
     args = [a.replace("{tmp}", str(files)) for a in args]
     has_dir = any(a.startswith("hydra.run.dir=") for a in args)
     command = [sys.executable, "-c", entry, *args, *([] if has_dir else [f"hydra.run.dir={out}"])]
-    result = subprocess.run(command, capture_output=True, text=True, env=env(), cwd=tmp_path, timeout=300)
+    run_env = {k: v for k, v in {**env(), **environ}.items() if v}
+    result = subprocess.run(command, capture_output=True, text=True, env=run_env, cwd=tmp_path, timeout=300)
     lines = result.stderr.splitlines()
     assert result.returncode == 2 and len(lines) == 1, result.stderr[-3000:]
     assert lines[0].startswith("error: ") and expected in lines[0], lines[0]
@@ -188,6 +192,12 @@ def test_bad_input_is_one_line_before_training(files: Path, tmp_path: Path, entr
 @pytest.mark.parametrize(("entry", "args", "expected"), [c[1:] for c in HEAVY], ids=[c[0] for c in HEAVY])
 def test_bad_input_found_by_the_built_parts_is_one_line(files: Path, tmp_path: Path, entry, args, expected) -> None:
     run_bad(files, tmp_path, entry, args, expected)
+
+
+def test_online_wandb_without_its_server_suggests_offline(files: Path, tmp_path: Path) -> None:
+    """A server that refuses the connection (a closed local port: the answer is the same on any machine)."""
+    expected = "logger=wandb cannot reach 127.0.0.1:9: add logger.wandb.offline=true"
+    run_bad(files, tmp_path, TRAIN, ["logger=wandb"], expected, WANDB_MODE="", WANDB_BASE_URL="http://127.0.0.1:9")
 
 
 def test_the_table_has_sixty_cases() -> None:

@@ -40,6 +40,8 @@ CONF = Path(__file__).resolve().parent.parent / "conf"
 # groups whose files override other groups (not a node of their own)
 NOT_A_NODE = ("hydra", "experiment", "hparams_search", "debug")
 WANDB_TIMEOUT_S = 3.0
+# the values of a schedule (``vae_experiments.schedules``) that stand for the number it replaces
+SCHEDULED = ("start", "end", "value")
 
 
 @dataclass(frozen=True)
@@ -316,11 +318,14 @@ def problem(key: str, value: Any, want: str, example: Any = None) -> ConfigError
 
 def check_value(key: str, value: Any, ref: Any) -> None:
     """``value`` against the rule for ``key``, else against the type of ``ref`` (its YAML default)."""
-    if is_node(value):
-        for sub, _ in leaves(value, key):
-            check_value(sub, OmegaConf.select(value, sub[len(key) + 1 :]), None)
-        return
     rule = rule_for(key)
+    if is_node(value):  # a schedule's values are held to the rule of the number it replaces
+        for sub, _ in leaves(value, key):
+            sub_value = OmegaConf.select(value, sub[len(key) + 1 :])
+            check_value(sub, sub_value, None)
+            if rule is not None and sub.rsplit(".", 1)[1] in SCHEDULED and not rule.accepts(sub_value):
+                raise problem(sub, sub_value, rule.want())
+        return
     if rule is not None:
         if not rule.accepts(value):
             raise problem(key, value, rule.want(), ref)
