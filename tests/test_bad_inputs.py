@@ -240,3 +240,19 @@ def test_every_shipped_config_passes_the_checks(compose_config, tmp_path: Path, 
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setattr(config_checks, "check_fid", lambda cfg: None)
     config_checks.check_train_config(compose_config(overrides, tmp_path))
+
+
+@pytest.mark.parametrize(
+    "args", [["--help"], ["--cfg", "job"], ["posterior=rh0"], ["optimizer.lr=-1"], ["-sc", "query=bash"]]
+)
+def test_answers_before_a_run_never_load_torch(tmp_path: Path, args: list[str]) -> None:
+    """What must answer at once does not import torch or Lightning (their import is most of a run's start-up)."""
+    program = (
+        "import sys\nfrom vae_experiments.cli import train\n"
+        f"sys.argv = ['vae-train', *{args!r}, 'hydra.run.dir={tmp_path}/run']\n"
+        "try:\n    train()\nexcept SystemExit:\n    pass\n"
+        "print('loaded:', sorted(m for m in ('torch', 'lightning') if m in sys.modules))"
+    )
+    environ = {**env(), "COMP_LINE": "vae-train posterior=", "COMP_POINT": "20"}
+    result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, env=environ, timeout=120)
+    assert result.stdout.splitlines()[-1] == "loaded: []", result.stdout[-2000:] + result.stderr[-2000:]

@@ -12,8 +12,9 @@ import hydra
 from omegaconf import DictConfig
 
 from vae_experiments.config_checks import check_eval_config, check_train_config
-from vae_experiments.entry import CONFIG_DIR, fail, in_multirun, mark_started, run_entry_point
+from vae_experiments.entry import CONFIG_DIR, fail, mark_started, run_entry_point
 from vae_experiments.errors import ConfigError
+from vae_experiments.sweep import in_multirun
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")

@@ -19,9 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException, MissingConfigException, OverrideParseException
-from hydra.types import RunMode
 from omegaconf.errors import OmegaConfBaseException
 
 from vae_experiments import run_dirs
@@ -50,10 +48,6 @@ def fail(message: str) -> None:
     """The one line of a failure before training, then exit status 2."""
     print(f"error: {message}", file=sys.stderr)
     sys.exit(2)
-
-
-def in_multirun() -> bool:
-    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
 def _option_list(text: str) -> list[str]:
