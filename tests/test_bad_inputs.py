@@ -278,3 +278,27 @@ def test_a_rank_up_to_the_data_dimension_is_accepted(compose_config, tmp_path: P
             config_checks.check_against_data(cfg, (1, 8, 8))
     else:
         config_checks.check_against_data(cfg, (1, 8, 8))
+
+
+def test_the_non_finite_message_names_the_newest_checkpoint(make_cfg, tmp_path: Path) -> None:
+    """``last.ckpt`` (the state before the bad step) before the best epoch's file; none while neither exists."""
+    from types import SimpleNamespace
+
+    from vae_experiments.train import build
+
+    _, module = build(make_cfg())
+    last, best = tmp_path / "last.ckpt", tmp_path / "epoch_000.ckpt"
+    callbacks = [SimpleNamespace(best_model_path=str(best)), SimpleNamespace(path=str(last))]
+    module._trainer = SimpleNamespace(global_step=3, checkpoint_callbacks=callbacks)
+    advice = f"fix: {module.objective.non_finite_advice}"
+    none_yet = "no checkpoint holds a good state yet (the first is written when the first epoch ends)"
+    assert module._non_finite_message("").splitlines() == [
+        "non-finite training loss by step 3; the run stopped",
+        none_yet,
+        advice,
+    ]
+    kept = "the last good state is in {} (written before the bad step)"
+    best.write_bytes(b"x")
+    assert module._non_finite_message("").splitlines()[1] == kept.format(best)
+    last.write_bytes(b"x")
+    assert module._non_finite_message("").splitlines()[1] == kept.format(last)

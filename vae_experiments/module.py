@@ -161,11 +161,9 @@ class VAEModule(L.LightningModule):
         """The newest checkpoint file of this fit: ``last.ckpt`` (``LastCheckpoint.path``), else the best one."""
         if self._trainer is None:
             return None
-        for callback in self.trainer.checkpoint_callbacks:
-            for path in (getattr(callback, "path", None), getattr(callback, "best_model_path", None)):
-                if path and Path(path).is_file():
-                    return str(path)
-        return None
+        callbacks = self.trainer.checkpoint_callbacks
+        paths = [getattr(c, "path", None) for c in callbacks] + [getattr(c, "best_model_path", None) for c in callbacks]
+        return next((str(path) for path in paths if path and Path(path).is_file()), None)
 
     def _reduce_mean(self, t: Tensor) -> Tensor:
         trainer = self._trainer
