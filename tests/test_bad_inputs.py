@@ -43,6 +43,7 @@ LIGHT: list[tuple[str, str, list[str], str]] = [
     ("epochs-fraction", TRAIN, ["trainer.max_epochs=2.5"], "trainer.max_epochs=2.5"),
     ("epochs-zero", TRAIN, ["trainer.max_epochs=0"], "trainer.max_epochs=0"),
     ("precision", TRAIN, ["trainer.precision=15"], "trainer.precision=15 is not one of"),
+    ("devices-zero", TRAIN, ["trainer.devices=0"], "trainer.devices=0"),
     ("accelerator", TRAIN, ["trainer.accelerator=quantum"], "trainer.accelerator=quantum"),
     ("log-every-zero", TRAIN, ["trainer.log_every_n_steps=0"], "trainer.log_every_n_steps=0"),
     ("train-batches-zero", TRAIN, ["+trainer.limit_train_batches=0"], "trainer.limit_train_batches=0"),

@@ -42,6 +42,7 @@ NOT_A_NODE = ("hydra", "experiment", "hparams_search", "debug")
 WANDB_TIMEOUT_S = 3.0
 # the values of a schedule (``vae_experiments.schedules``) that stand for the number it replaces
 SCHEDULED = ("start", "end", "value")
+ABSENT = object()
 
 
 @dataclass(frozen=True)
@@ -111,6 +112,19 @@ class Sizes:
         return all(isinstance(v, int) and not isinstance(v, bool) and v >= self.low for v in values)
 
 
+@dataclass(frozen=True)
+class AnyOf:
+    """What any of ``rules`` accepts."""
+
+    rules: tuple[Number | Choice | Sizes, ...]
+
+    def want(self) -> str:
+        return " or ".join(rule.want() for rule in self.rules)
+
+    def accepts(self, value: Any) -> bool:
+        return any(rule.accepts(value) for rule in self.rules)
+
+
 def Int(low: int | None = None, **kw: Any) -> Number:
     return Number(low, integer=True, **kw)
 
@@ -123,7 +137,7 @@ FINITE = Number()
 PROBABILITY_OPEN = Number(0, 1, open_low=True)
 
 # key (fnmatch pattern) -> rule; the first matching pattern decides
-RULES: dict[str, Number | Choice | Sizes] = {
+RULES: dict[str, Number | Choice | Sizes | AnyOf] = {
     # top level
     "seed": Int(0, high=2**32 - 1),
     "latent_dim": Int(1),
@@ -193,6 +207,7 @@ RULES: dict[str, Number | Choice | Sizes] = {
     # the Trainer
     "trainer.max_epochs": Int(1, also=(-1,)),
     "trainer.max_steps": Int(1, also=(-1,)),
+    "trainer.devices": AnyOf((Int(1, also=(-1, "auto")), Sizes(low=0))),
     "trainer.accelerator": Choice(("cpu", "gpu", "cuda", "mps", "tpu", "auto")),
     "trainer.precision": Choice(
         ("32-true", "32", 32, "16-mixed", "16", 16, "bf16-mixed", "bf16", "bf16-true", "16-true", "64-true", "64", 64)
@@ -254,7 +269,7 @@ def _yaml(value: Any) -> str:
     return "null" if value is None else str(value)
 
 
-def rule_for(key: str) -> Number | Choice | Sizes | None:
+def rule_for(key: str) -> Number | Choice | Sizes | AnyOf | None:
     return next((rule for pattern, rule in RULES.items() if fnmatch.fnmatchcase(key, pattern)), None)
 
 
@@ -351,7 +366,7 @@ def check_value(key: str, value: Any, ref: Any) -> None:
 
 def check_node(cfg: DictConfig, path: str, ref: DictConfig) -> None:
     for key, ref_value in leaves(ref, path):
-        if OmegaConf.select(cfg, key, default="<absent>") == "<absent>":
+        if OmegaConf.select(cfg, key, default=ABSENT, throw_on_resolution_failure=False) is ABSENT:
             continue  # an option the experiment removed (~key)
         if isinstance(ref_value, str) and ref_value.startswith("${"):
             ref_value = None  # an interpolation's type is its target's
