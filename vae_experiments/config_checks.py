@@ -97,17 +97,21 @@ class Choice:
 
 @dataclass(frozen=True)
 class Sizes:
-    """An integer >= ``low`` or a list of them (layer widths, channels)."""
+    """An integer >= ``low`` or a list of them (layer widths, channels); ``list_only``: a list."""
 
     low: int = 1
     nullable: bool = False
+    list_only: bool = False
 
     def want(self) -> str:
-        return f"an integer >= {self.low} or a list of them" + (" (or null)" if self.nullable else "")
+        kind = f"a list of integers >= {self.low}" if self.list_only else f"an integer >= {self.low} or a list of them"
+        return kind + (" (or null)" if self.nullable else "")
 
     def accepts(self, value: Any) -> bool:
         if value is None:
             return self.nullable
+        if self.list_only and not isinstance(value, ListConfig | list):
+            return False
         values = list(value) if isinstance(value, ListConfig | list) else [value]
         return all(isinstance(v, int) and not isinstance(v, bool) and v >= self.low for v in values)
 
@@ -207,7 +211,7 @@ RULES: dict[str, Number | Choice | Sizes | AnyOf] = {
     # the Trainer
     "trainer.max_epochs": Int(1, also=(-1,)),
     "trainer.max_steps": Int(1, also=(-1,)),
-    "trainer.devices": AnyOf((Int(1, also=(-1, "auto")), Sizes(low=0))),
+    "trainer.devices": AnyOf((Int(1, also=(-1, "auto")), Sizes(low=0, list_only=True))),
     "trainer.accelerator": Choice(("cpu", "gpu", "cuda", "mps", "tpu", "auto")),
     "trainer.precision": Choice(
         ("32-true", "32", 32, "16-mixed", "16", 16, "bf16-mixed", "bf16", "bf16-true", "16-true", "64-true", "64", 64)
