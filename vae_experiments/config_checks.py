@@ -369,6 +369,7 @@ def check_value(key: str, value: Any, ref: Any) -> None:
 
 
 def check_node(cfg: DictConfig, path: str, ref: DictConfig) -> None:
+    """Every option of ``ref`` (a group file) at ``path`` in ``cfg``: its rule, else the type of its default."""
     for key, ref_value in leaves(ref, path):
         if OmegaConf.select(cfg, key, default=ABSENT, throw_on_resolution_failure=False) is ABSENT:
             continue  # an option the experiment removed (~key)
