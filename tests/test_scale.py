@@ -80,7 +80,7 @@ def test_grid_runs_every_job_and_reports_failures(grid: Path, monkeypatch, capfd
     assert len(finished) == 4 and len(failed) == 4 and not set(finished) & set(failed)
     for name in failed:
         assert "latent_dim=0" in sweep.job_overrides(grid / name)
-        assert "latent_dim must be >= 1" in (grid / name / sweep.ERROR).read_text()
+        assert "latent_dim=0 is not an integer >= 1" in (grid / name / sweep.ERROR).read_text()
     # a re-launch with resume=true skips the finished jobs (their metrics.json stays as it was)
     stamps = {name: (grid / name / "metrics.json").stat().st_mtime_ns for name in finished}
     capfd.readouterr()
@@ -98,7 +98,7 @@ def test_single_run_config_error_exits_with_one_line(tmp_path: Path, monkeypatch
         run_cli(["latent_dim=0", f"hydra.run.dir={tmp_path}", *TINY], monkeypatch)
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1].startswith("error: model: latent_dim must be >= 1")
+    assert err[-1].startswith("error: latent_dim=0 is not an integer >= 1")
 
 
 def test_aggregate_tables_and_plots(grid: Path, tmp_path: Path) -> None:
@@ -153,7 +153,7 @@ def test_submitit_local_runs_jobs_as_processes(tmp_path: Path, monkeypatch) -> N
         ["-m", "hydra/launcher=submitit_local", "latent_dim=4,0", f"hydra.sweep.dir={tmp_path}", *TINY], monkeypatch
     )
     assert (tmp_path / "0" / "metrics.json").is_file()
-    assert "latent_dim must be >= 1" in (tmp_path / "1" / sweep.ERROR).read_text()
+    assert "latent_dim=0 is not an integer >= 1" in (tmp_path / "1" / sweep.ERROR).read_text()
     assert any((tmp_path / ".submitit").iterdir())
 
 

@@ -34,9 +34,7 @@ TINY = [
     "callbacks.progress_bar=null",
     "trainer.enable_progress_bar=false",
 ]
-NO_SUCH = (
-    "error: In 'train': Could not find 'posterior/no_such'; Available options in 'posterior': diagonal, iaf, rho\n"
-)
+NO_SUCH = "error: posterior=no_such is not an option of posterior: choose one of diagonal, iaf, rho\n"
 
 
 def vae_train(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:

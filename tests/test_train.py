@@ -191,6 +191,5 @@ def test_cli_error_is_one_line_without_traceback(tmp_path: Path) -> None:
 
 def test_unknown_option_names_the_choices(tmp_path: Path) -> None:
     result = run_cli("posterior=banana", tmp_path=tmp_path)
-    assert result.returncode != 0
-    assert "Could not find 'posterior/banana'" in result.stderr and "diagonal" in result.stderr
-    assert "Traceback" not in result.stderr
+    assert result.returncode == 2
+    assert result.stderr == "error: posterior=banana is not an option of posterior: choose one of diagonal, iaf, rho\n"

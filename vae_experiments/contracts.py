@@ -15,10 +15,11 @@ hooks it needs) and a YAML node in its config group: nothing else changes.
 
 from __future__ import annotations
 
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from torch import Tensor
-from torch.distributions import Distribution
+if TYPE_CHECKING:  # annotations only: the config checks import this module before torch is needed
+    from torch import Tensor
+    from torch.distributions import Distribution
 
 from vae_experiments.errors import ConfigError
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Hashable
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -144,11 +145,28 @@ class VAEModule(L.LightningModule):
             raise FloatingPointError(self._non_finite_message(""))
 
     def _non_finite_message(self, detail: str) -> str:
+        """Three lines: what happened and at which step, the checkpoint that holds the last good state (if any), and
+        the objective's and the likelihood's advice."""
         advice = [self.objective.non_finite_advice, optional(self.model.likelihood, "non_finite_advice")]
-        return (
-            f"non-finite training loss by step {self.global_step}{detail}; the last good checkpoint is kept "
-            f"({'; '.join(a for a in advice if a)})"
+        saved = self._last_good_checkpoint()
+        kept = (
+            f"the last good state is in {saved} (written before the bad step)"
+            if saved
+            else "no checkpoint holds a good state yet (the first is written when the first epoch ends)"
         )
+        return (
+            f"non-finite training loss by step {self.global_step}{detail}; the run stopped\n"
+            f"{kept}\n"
+            f"fix: {'; '.join(a for a in advice if a)}"
+        )
+
+    def _last_good_checkpoint(self) -> str | None:
+        """The newest checkpoint file of this fit: ``last.ckpt`` (``LastCheckpoint.path``), else the best one."""
+        if self._trainer is None:
+            return None
+        callbacks = self.trainer.checkpoint_callbacks
+        paths = [getattr(c, "path", None) for c in callbacks] + [getattr(c, "best_model_path", None) for c in callbacks]
+        return next((str(path) for path in paths if path and Path(path).is_file()), None)
 
     def _reduce_mean(self, t: Tensor) -> Tensor:
         trainer = self._trainer

@@ -22,11 +22,12 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from vae_experiments.callbacks.last_checkpoint import LAST as LAST_NAME
 from vae_experiments.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
+# the file ``callbacks.last_checkpoint.LastCheckpoint`` writes (named here: the entry points read it without Lightning)
+LAST_NAME = "last.ckpt"
 LAST = Path("checkpoints") / LAST_NAME
 METRICS = "metrics.json"
 SUBMITIT_LAUNCHERS = "hydra_plugins.hydra_submitit_launcher."

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import re
 import sys
 import traceback
 from pathlib import Path
@@ -23,6 +22,7 @@ from hydra.types import HydraContext, RunMode, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from omegaconf.errors import OmegaConfBaseException
 
+from vae_experiments.entry import hydra_error_line
 from vae_experiments.errors import ConfigError
 from vae_experiments.resume import METRICS
 from vae_experiments.validation import one_line
@@ -63,14 +63,6 @@ def error_line(job_dir: Path) -> str:
     return next((line.strip() for line in lines[::-1] if line.strip()), "")
 
 
-def composition_message(exc: BaseException) -> str:
-    """Hydra's composition error on one line, without the config search path: ``In 'train': Could not find
-    'posterior/no_such'; Available options in 'posterior': diagonal, iaf, rho``."""
-    text = str(exc).split("\nConfig search path:")[0].strip()
-    text = re.sub(r":?\n\t", lambda m: ": " if m.group(0).startswith(":") else ", ", text)
-    return re.sub(r"\s*\n+\s*", "; ", text)
-
-
 class ComposesEachJob:
     """Hydra's config loader, except that a job whose overrides fail to compose gets the sweep's own config, with
     ``hydra.overrides.task`` set to the job's overrides (so its folder says which job it is) and the one-line error
@@ -93,7 +85,7 @@ class ComposesEachJob:
             config = copy.deepcopy(master_config)
             with read_write(config.hydra), open_dict(config.hydra):
                 config.hydra.overrides.task = list(sweep_overrides)
-                config.hydra[COMPOSITION_ERROR] = composition_message(exc)
+                config.hydra[COMPOSITION_ERROR] = hydra_error_line(exc)
             return config
 
 

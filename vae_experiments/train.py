@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import math
 import sys
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -13,12 +12,15 @@ import hydra
 import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
-from vae_experiments import resume, run_config, run_dirs, sweep, tracking
+from vae_experiments import resume, run_config, sweep, tracking
 from vae_experiments.callbacks.csv_rows import CSVRows
 from vae_experiments.callbacks.last_validation import LastValidation
 from vae_experiments.callbacks.throughput import Throughput
 from vae_experiments.capture import capture_training
+from vae_experiments.checkpoint_checks import require_compatible_checkpoint
 from vae_experiments.checkpointing import AtomicCheckpointIO
+from vae_experiments.config_checks import check_against_data, check_train_config
+from vae_experiments.entry import CONFIG_DIR, fail, keep_library_logs_off_stderr, mark_started, run_entry_point
 from vae_experiments.errors import ConfigError
 from vae_experiments.model import VAE, build_model
 from vae_experiments.module import VAEModule
@@ -29,12 +31,6 @@ from vae_experiments.validation import build_node, build_part, describe, preflig
 
 log = logging.getLogger(__name__)
 PARTS = ("encoder", "posterior", "prior", "decoder", "likelihood")
-# The config root beside the package (the product's layout); absolute, because Hydra reads a relative path against
-# the *package* of an installed console script, where conf/ is not.
-CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
-# At import, not in main(): a submitit job process resolves its config after unpickling the task function (which
-# imports this module) and never calls main().
-run_dirs.register_uid_resolver()
 
 
 def build(cfg: DictConfig, require_data: bool = True) -> tuple[L.LightningDataModule, VAEModule]:
@@ -44,6 +40,7 @@ def build(cfg: DictConfig, require_data: bool = True) -> tuple[L.LightningDataMo
     datamodule = build_node(cfg.dataset, "dataset", shuffle_seed=cfg.seed)
     if require_data:
         datamodule.require_files()
+    check_against_data(cfg, datamodule.data_shape)
     factories = {part: build_node(cfg[part], part) for part in PARTS}
     model = build_part(
         lambda **kw: build_model(factories, **kw),
@@ -136,6 +133,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         configure_runtime()
         L.seed_everything(cfg.seed, workers=True, verbose=False)
         datamodule, module = build(cfg)
+        if not cfg.dataset.get("download"):
+            datamodule.setup("fit")  # split sizes that do not fit the data fail here, before the Trainer is built
+        if ckpt_path is not None:
+            require_compatible_checkpoint(ckpt_path, module)
         throughput, validation = Throughput(), LastValidation()
         trainer = build_trainer(cfg, throughput, validation, stop, ckpt_path=ckpt_path)
         warn_if_bf16_is_emulated(trainer.strategy.root_device, str(trainer.precision))
@@ -169,22 +170,25 @@ def optimized_value(metrics: dict[str, Any], name: str | None) -> float | None:
     return value if math.isfinite(value) else float("nan")
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
-def _hydra_main(cfg: DictConfig) -> float | None:
-    """A single run exits non-zero on a failure (one line for a ``ConfigError``); a sweep job writes its failure into
-    its folder and returns NaN, so the other jobs still run (``SweepSummary`` lists the failures at the end)."""
+def run_job(cfg: DictConfig) -> float | None:
+    """The job of ``vae-train`` (``vae_experiments.cli``) for one composed config: check it, train, return the
+    optimised metric. A single run exits non-zero on a failure (one line for a ``ConfigError``, at most three for a
+    diverged run); a sweep job writes its failure into its folder and returns NaN, so the other jobs still run
+    (``SweepSummary`` lists the failures at the end)."""
+    mark_started()
+    keep_library_logs_off_stderr()
     multirun = sweep.in_multirun()
     if multirun:
         sweep.clear_failure(cfg)
     try:
+        check_train_config(cfg)
         return optimized_value(train(cfg), cfg.get("optimized_metric"))
     except Exception as exc:
         if multirun:
             sweep.record_failure(cfg, exc)
             return float("nan")
         if isinstance(exc, ConfigError):
-            print(f"error: {exc}", file=sys.stderr)
-            sys.exit(2)
+            fail(str(exc))
         if isinstance(exc, FloatingPointError):  # the run diverged: the message names the fix, a traceback adds nothing
             print(f"error: {exc}", file=sys.stderr)
             sys.exit(1)
@@ -192,9 +196,9 @@ def _hydra_main(cfg: DictConfig) -> float | None:
 
 
 def main() -> None:
-    # conf/hydra/launcher/submitit_slurm.yaml documents the plugin's fields and is checked against its schema
-    warnings.filterwarnings("ignore", message=r"\s*'hydra/launcher/submitit_slurm' is validated", category=UserWarning)
-    _hydra_main()
+    """``vae-train`` with the runner imported up front (``python -m vae_experiments.train``; the console script is
+    the lighter ``vae_experiments.cli.train``)."""
+    run_entry_point(hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")(run_job))
 
 
 if __name__ == "__main__":

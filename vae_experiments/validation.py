@@ -12,7 +12,6 @@ from __future__ import annotations
 from typing import Any
 
 import hydra
-import torch
 from hydra.errors import InstantiationException
 from omegaconf import DictConfig
 
@@ -93,6 +92,8 @@ def preflight(model: Any, objective: Any) -> Any:
     """One forward pass and loss on two random examples: shape errors surface before any data are read.
 
     Returns the ``ELBOTerms`` of that pass (``describe`` reads how the KL is computed from them)."""
+    import torch  # here, not at the top: the sweep summary reads ``one_line`` in a process that never loads torch
+
     x = torch.rand(2, *model.data_shape)
     if model.likelihood.levels == 2:
         x = x.round()

@@ -8,7 +8,7 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import Checkpoint
 
-LAST = "last.ckpt"
+from vae_experiments.resume import LAST_NAME
 
 
 class LastCheckpoint(Checkpoint):
@@ -31,7 +31,7 @@ class LastCheckpoint(Checkpoint):
     """
 
     def __init__(self, dirpath: str) -> None:
-        self.path = Path(dirpath) / LAST
+        self.path = Path(dirpath) / LAST_NAME
         self._saved_step = 0
         self._between_epochs = False
 

@@ -6,6 +6,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from vae_experiments.errors import ConfigError
+
 
 class InMemoryDataset(Dataset[Tensor]):
     """A split held as ONE tensor ``data`` of shape ``(N, *data_shape)`` (uint8 images or float toy points).
@@ -96,6 +98,13 @@ def split_images(
     on every read, while validation and test images get the ``static`` bits, so evaluation is deterministic.
     ``hflip`` mirrors training images at random.
     """
+    held_out = val_size + (test_size if test is None else 0)
+    if held_out >= pool.shape[0]:
+        raise ConfigError(
+            f"dataset.val_size={val_size}"
+            + (f" and dataset.test_size={test_size}" if test is None else "")
+            + f" hold out {held_out} of the {pool.shape[0]} images, leaving none for training: lower them"
+        )
     top = float(levels - 1)
     bits_pool = binarize_once(pool, top, seed) if binarize != "none" else pool
     order = torch.randperm(pool.shape[0], generator=torch.Generator().manual_seed(seed))

