@@ -109,7 +109,7 @@ def test_a_failed_trial_is_recorded_and_the_search_goes_on(tmp_path: Path) -> No
         if trial.state == optuna.trial.TrialState.COMPLETE:
             assert trial.value == json.loads((run_dir / "metrics.json").read_text())["test/nll"]
         else:
-            assert "latent_dim must be >= 1, got 0" in (run_dir / sweep.ERROR).read_text()
+            assert "error: latent_dim=0 is not an integer >= 1" in (run_dir / sweep.ERROR).read_text()
     assert states == {0: {optuna.trial.TrialState.FAIL}, 4: {optuna.trial.TrialState.COMPLETE}}
 
 

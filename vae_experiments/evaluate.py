@@ -32,9 +32,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     if not ckpt_path.is_file():
         raise ConfigError(f"checkpoint {ckpt_path} not found: pass ckpt_path=RUN/checkpoints/last.ckpt")
     checkpoint = load_checkpoint(ckpt_path)
+    run_cfg = run_config.of_checkpoint(ckpt_path, checkpoint)
     if "loops" not in checkpoint:
         raise ConfigError(f"ckpt_path={ckpt_path} holds no training progress (loops): pass RUN/checkpoints/last.ckpt")
-    run_cfg = run_config.of_checkpoint(ckpt_path, checkpoint)
     with open_dict(run_cfg):
         run_cfg.eval = OmegaConf.merge(run_cfg.eval, cfg.eval)
         run_cfg.paths.output_dir = cfg.paths.output_dir
