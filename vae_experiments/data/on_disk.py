@@ -20,9 +20,9 @@ def default_data_dir() -> Path:
     """Where data sets live unless ``paths.data_dir`` says otherwise: ``$VAE_DATA_DIR``, else
     ``$XDG_CACHE_HOME/vae_experiments/data``, else ``~/.cache/vae_experiments/data`` (the XDG base directory rule;
     ``conf/paths/default.yaml`` spells the same rule with ``oc.env``). Never the current folder."""
-    if "VAE_DATA_DIR" in os.environ:
+    if os.environ.get("VAE_DATA_DIR"):
         return Path(os.environ["VAE_DATA_DIR"])
-    cache = os.environ.get("XDG_CACHE_HOME", str(Path.home() / ".cache"))
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")  # empty counts as unset (XDG)
     return Path(cache) / "vae_experiments" / "data"
 
 
