@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+from vae_experiments.callbacks.images import ImageGrids
 from vae_experiments.callbacks.toy2d_figure import PANELS, figure_rgb, toy2d_figure
 from vae_experiments.metrics.toy2d import elbo_log_density, grid_axis
 from vae_experiments.train import train
@@ -67,3 +68,12 @@ def test_a_toy2d_run_writes_its_picture(make_cfg, tmp_path: Path) -> None:
     with Image.open(tmp_path / "samples.png") as picture:
         assert picture.size == (1200, 400)
     assert not (tmp_path / "reconstructions.png").exists()
+
+
+@pytest.mark.parametrize("n", [1, 7, 8, 19, 100])
+def test_the_pictures_take_their_examples_from_as_many_batches_as_needed(n: int, tmp_path: Path) -> None:
+    examples = torch.arange(40.0).reshape(20, 2)
+    loader = list(examples.split(8))  # batches of 8, 8, 4
+    trainer = SimpleNamespace(val_dataloaders=[loader], test_dataloaders=None)
+    grids = ImageGrids(str(tmp_path), n=64)
+    assert torch.equal(grids._first_batch(trainer, SimpleNamespace(device="cpu"), n), examples[:n])

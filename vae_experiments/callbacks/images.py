@@ -115,10 +115,17 @@ class ImageGrids(L.Callback):
     def _first_batch(
         self, trainer: L.Trainer, pl_module: L.LightningModule, n: int | None = None
     ) -> torch.Tensor | None:
-        """The first ``n`` (default ``self.n // 2``) examples of the first validation (else test) batch."""
+        """The first ``n`` (default ``self.n // 2``) validation (else test) examples, from as many batches as that
+        takes (fewer when the set is smaller)."""
         loaders = trainer.val_dataloaders or trainer.test_dataloaders
         if loaders is None:
             return None
         loader = loaders[0] if isinstance(loaders, list | tuple) else loaders
-        x = next(iter(loader))[: n or max(1, self.n // 2)]
-        return x.to(pl_module.device)
+        n = n or max(1, self.n // 2)
+        batches, count = [], 0
+        for batch in loader:
+            batches.append(batch[: n - count])
+            count += batches[-1].shape[0]
+            if count == n:
+                break
+        return torch.cat(batches).to(pl_module.device) if batches else None
