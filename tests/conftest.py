@@ -33,6 +33,13 @@ def _seed_and_threads() -> None:
     torch.set_num_threads(2)
 
 
+@pytest.fixture(autouse=True)
+def _data_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a test reads or fetches by the configured data folder lands in a temporary one: never the repository,
+    never the user's cache (``paths.data_dir`` follows ``$VAE_DATA_DIR``)."""
+    monkeypatch.setenv("VAE_DATA_DIR", str(tmp_path_factory.getbasetemp() / "data"))
+
+
 def compose_cfg(overrides: list[str], out: Path, config_name: str = "train") -> DictConfig:
     """Compose like the CLI does, with the hydra node set, so ``${hydra:...}`` resolves; outputs go to ``out``."""
     GlobalHydra.instance().clear()

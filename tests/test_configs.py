@@ -1,4 +1,4 @@
-"""Every option of every config group composes, and every experiment runs one batch end to end (fast_dev_run)."""
+"""Every option of every config group composes, and every experiment runs a few batches end to end (debug=fast)."""
 
 from __future__ import annotations
 
@@ -31,8 +31,12 @@ def test_every_option_composes(override: str, compose_config, tmp_path: Path) ->
     group, name = override.split("=")
     if group in PART_GROUPS:  # a part is a constructor call
         assert "_target_" in cfg[group]
-    elif group == "debug":
-        assert cfg.trainer.fast_dev_run
+    elif group == "debug":  # a real run, cut short: loggers and checkpoints stay (fast_dev_run drops them)
+        assert "fast_dev_run" not in cfg.trainer and cfg.trainer.max_epochs == 1
+        assert cfg.trainer.limit_train_batches == cfg.trainer.limit_val_batches == cfg.trainer.limit_test_batches == 2
+        assert cfg.eval.nll_samples == cfg.eval.elbo_samples == 4 and cfg.callbacks.image_grids.n == 4
+        assert cfg.dataset.batch_size == cfg.dataset.eval_batch_size == 8
+        assert not compose_config([override, "callbacks=none"], tmp_path).callbacks  # adds no callback node
     elif group.startswith("+schedule"):
         assert cfg.objective.beta._target_.endswith(name.capitalize())
 

@@ -245,6 +245,7 @@ class VAEModule(L.LightningModule):
 
     def _log_train(self, logs: dict[str, Tensor], batch_size: int) -> None:
         # Lightning's self.log costs more per call than a small model's whole step (BENCHMARKS.md)
+        logs = {**self.objective.scheduled_values(), **logs}  # every schedule, whether the objective logs it or not
         self.train_means.update(logs, batch_size, self.device)
         if self._trainer is None:
             return

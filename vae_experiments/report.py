@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from omegaconf import DictConfig
 
 from vae_experiments.atomic import write_text_atomically
@@ -54,9 +55,24 @@ def write_final_metrics(
                 logger.save()
             metrics.update(extra)
     if trainer.is_global_zero:
+        publish_final_metrics(trainer, metrics)
         write_text_atomically(out / METRICS, json.dumps(metrics, indent=2, sort_keys=True))
         print_summary(metrics, out)
     return metrics
+
+
+def publish_final_metrics(trainer: L.Trainer, metrics: dict[str, Any]) -> None:
+    """Hand ``metrics.json``'s content to the loggers that keep a run's final values: wandb's run summary gets every
+    key (lists and strings too); TensorBoard's HPARAMS tab gets the logged hyper-parameters (the config, the
+    parameter count, how the run computes what it reports) beside the numeric final metrics, which are logged as
+    scalars at the last step, where the HPARAMS tab reads them."""
+    numbers = {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)}  # bools too: 0 / 1
+    for logger in trainer.loggers:
+        if isinstance(logger, WandbLogger):
+            logger.experiment.summary.update(metrics)
+        elif isinstance(logger, TensorBoardLogger):
+            logger.log_hyperparams(logger.hparams, metrics=numbers, step=trainer.global_step)
+            logger.save()
 
 
 def print_summary(metrics: dict[str, Any], out: Path) -> None:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 from abc import abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar, TypeVar
 
@@ -13,6 +14,16 @@ from vae_experiments.data.datamodule import Source
 from vae_experiments.errors import ConfigError
 
 T = TypeVar("T")
+
+
+def default_data_dir() -> Path:
+    """Where data sets live unless ``paths.data_dir`` says otherwise: ``$VAE_DATA_DIR``, else
+    ``$XDG_CACHE_HOME/vae_experiments/data``, else ``~/.cache/vae_experiments/data`` (the XDG base directory rule;
+    ``conf/paths/default.yaml`` spells the same rule with ``oc.env``). Never the current folder."""
+    if os.environ.get("VAE_DATA_DIR"):
+        return Path(os.environ["VAE_DATA_DIR"])
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")  # empty counts as unset (XDG)
+    return Path(cache) / "vae_experiments" / "data"
 
 
 @dataclass(kw_only=True)
@@ -28,7 +39,7 @@ class OnDisk(Source):
     required: ClassVar[tuple[str, ...]]
     what: ClassVar[str]
 
-    root: str | Path = "data"
+    root: str | Path = field(default_factory=default_data_dir)
     download: bool = False
 
     @property

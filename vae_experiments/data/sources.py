@@ -7,7 +7,6 @@ Omniglot, CelebA and the 2-D toys have modules of their own.
 from __future__ import annotations
 
 import gzip
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -85,14 +84,26 @@ def _debian_fashion_mnist() -> bool:
     return all((DEBIAN_FASHION_MNIST / f"{name}.gz").is_file() for name in IDX_FILES)
 
 
+def read_idx_images(path: Path) -> Tensor:
+    """The uint8 images ``(N, H, W)`` of a gzipped idx file (LeCun's format: two zero bytes, the type 0x08 for
+    unsigned bytes, the number of dimensions, one big-endian int32 size per dimension, then the values).
+
+    By hand because torchvision's reader takes uncompressed files only, and the point here is to read the Debian
+    package's archives in place rather than decompress a copy of them.
+    """
+    data = gzip.decompress(path.read_bytes())
+    if len(data) < 4 or data[:3] != b"\x00\x00\x08":
+        raise ValueError(f"{path} is not an idx file of unsigned bytes")
+    dims = data[3]
+    shape = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(dims)]
+    return torch.frombuffer(bytearray(data[4 + 4 * dims :]), dtype=torch.uint8).reshape(shape)
+
+
 @dataclass(kw_only=True)
 class FashionMNIST(MNIST):
     """Fashion-MNIST: MNIST's sizes, splits and options, read from ``root/FashionMNIST/raw``; when those files are
-    missing they are decompressed there from the Debian package ``dataset-fashion-mnist``
-    (``/usr/share/datasets/fashion-mnist``), so it needs no network.
-
-    The Debian .gz files have rewritten gzip headers, so torchvision's md5 check of the archives fails: they are
-    decompressed here and torchvision reads the raw idx files with ``download=False``.
+    missing, straight from the gzipped idx files of the Debian package ``dataset-fashion-mnist``
+    (``/usr/share/datasets/fashion-mnist``, see ``read_idx_images``), so it needs no network and writes nothing.
     """
 
     name = "fashion_mnist"
@@ -105,12 +116,17 @@ class FashionMNIST(MNIST):
         return super().present() or _debian_fashion_mnist()
 
     def splits(self) -> Splits:
-        if not super().present() and _debian_fashion_mnist():
-            self.path.mkdir(parents=True, exist_ok=True)
-            for name in IDX_FILES:
-                with gzip.open(DEBIAN_FASHION_MNIST / f"{name}.gz", "rb") as src, open(self.path / name, "wb") as dst:
-                    shutil.copyfileobj(src, dst)
-        return super().splits()
+        if super().present():
+            return super().splits()
+        train, test = (DEBIAN_FASHION_MNIST / f"{split}-images-idx3-ubyte.gz" for split in ("train", "t10k"))
+        try:
+            images = [read_idx_images(path).unsqueeze(1) for path in (train, test)]
+        except (OSError, EOFError, ValueError, RuntimeError) as err:
+            raise ConfigError(
+                f"Fashion-MNIST in {DEBIAN_FASHION_MNIST} is unreadable ({err}): reinstall the Debian package "
+                f"dataset-fashion-mnist, or put {IDX_WHAT} in {self.path}"
+            ) from err
+        return self.split(images[0], images[1], self.val_size)
 
 
 @dataclass(kw_only=True)

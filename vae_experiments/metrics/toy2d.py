@@ -64,15 +64,31 @@ def elbo(model: VAE, x: Tensor, batch_size: int = 65536) -> Tensor:
     return torch.cat([model.terms(chunk, 1).elbo for chunk in x.split(batch_size)])
 
 
+def grid_axis(half_width: float, grid_points: int, device: torch.device | str = "cpu") -> Tensor:
+    """The centres of ``grid_points`` equal cells on [-w, w]; the grid is their Cartesian square."""
+    step = 2 * half_width / grid_points
+    return torch.linspace(-half_width + step / 2, half_width - step / 2, grid_points, device=device)
+
+
+@torch.no_grad()
+def elbo_log_density(
+    model: VAE, half_width: float, grid_points: int, batch_size: int = 65536, device: torch.device | str = "cpu"
+) -> tuple[Tensor, Tensor]:
+    """``(log_density, log_z)``: ELBO(g) - log Z at the ``grid_points``^2 grid centres g, as a matrix whose
+    ``[i, j]`` is the point ``(axis[i], axis[j])`` (``grid_axis``), and log Z = log sum_g exp(ELBO(g)) a, which
+    normalises exp(ELBO) into a density on the square."""
+    axis = grid_axis(half_width, grid_points, device)
+    values = elbo(model, torch.cartesian_prod(axis, axis), batch_size).double()
+    log_z = values.logsumexp(0) + 2 * math.log(2 * half_width / grid_points)
+    return (values - log_z).reshape(grid_points, grid_points), log_z
+
+
 @torch.no_grad()
 def grid_normalised_elbo(
     model: VAE, data: Tensor, half_width: float, grid_points: int = 1024, batch_size: int = 65536
 ) -> Tensor:
     """<ELBO(x)>_data - log sum_g exp(ELBO(g)) a over a ``grid_points``^2 grid on [-w, w]^2 (module docstring)."""
-    step = 2 * half_width / grid_points
-    axis = torch.linspace(-half_width + step / 2, half_width - step / 2, grid_points, device=data.device)
-    grid = torch.cartesian_prod(axis, axis)
-    log_z = elbo(model, grid, batch_size).double().logsumexp(0) + 2 * math.log(step)
+    _, log_z = elbo_log_density(model, half_width, grid_points, batch_size, data.device)
     return elbo(model, data, batch_size).double().mean() - log_z
 
 

@@ -108,6 +108,11 @@ class Objective(nn.Module):
         for name, schedule in self._schedules.items():
             getattr(self, name).fill_(value_at(schedule, batch))
 
+    def scheduled_values(self) -> dict[str, Tensor]:
+        """Every scheduled hyper-parameter at the current batch (the 0-d tensors ``set_step`` fills), by name: the
+        runner logs them with the step's values, so a schedule's course is in the logs whatever the objective logs."""
+        return {name: getattr(self, name) for name in self._schedules}
+
     def step_variant(self, epoch: int) -> Hashable:
         """What the step's Python control flow depends on besides the batch shape (a warm-up phase, say): a captured
         step is recorded once per variant. ``None``: the same step in every epoch."""
