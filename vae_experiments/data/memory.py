@@ -114,7 +114,7 @@ def split_images(
     ``dequantize`` (with ``binarize='none'`` only) reads value k as (k + u) / ``levels``, u ~ U[0, 1) (Theis et al.
     2016, Eq. 3): a fresh u on every read of a training image, one fixed draw per value of the validation and test
     images (generators seeded with ``seed + 2`` and ``seed + 3``), so evaluation is deterministic. A density p on
-    [0, 1]^D then bounds the probability of the 8-bit image: -log P(k) <= E_u[-log p((k + u) / L)] - D log L.
+    [0, 1]^D then bounds the probability of the 8-bit image: -log P(k) <= E_u[-log p((k + u) / L)] + D log L.
     ``hflip`` mirrors training images at random.
     """
     top = float(levels - 1)
