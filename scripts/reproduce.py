@@ -198,7 +198,7 @@ def fid_floor(run: Path, n: int) -> dict[str, Any]:
     return {"fid": result.value, "n": result.n, "n_reference": result.n_reference}
 
 
-def run_values(job: Job, table: DictConfig) -> dict[str, Any]:
+def run_values(job: Job) -> dict[str, Any]:
     """The final figures of one finished run: its metrics.json, the NLL over k, coherence, the derived bound."""
     metrics = json.loads((job.folder / "metrics.json").read_text())
     values = {k: v for k, v in metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)}
@@ -216,10 +216,10 @@ def bits_bound(nll: float, dims: int, levels: int) -> float:
     return (nll + dims * math.log(levels)) / (dims * math.log(2))
 
 
-def summarise_table(name: str, table: DictConfig, jobs: list[Job], seeds: list[int]) -> dict[str, Any]:
+def summarise_table(table: DictConfig, jobs: list[Job], seeds: list[int]) -> dict[str, Any]:
     from vae_experiments.stats import paired_comparison, t_interval
 
-    runs = {(j.arm, j.seed): run_values(j, table) for j in jobs}
+    runs = {(j.arm, j.seed): run_values(j) for j in jobs}
     n_test, dims = test_set_size(jobs[0].folder)
     metrics = dict(table.metrics)
     levels = table.get("dequantized_levels")
@@ -298,7 +298,7 @@ def table_markdown(name: str, summary: dict[str, Any], seeds: list[int]) -> list
         header.append(label)
         if metric in with_paper:
             header.append("paper")
-    header.append("wall per run (min)")
+    header.append("wall per run, min (training and evaluations)")
     ks = ", ".join(str(k) for k in summary["nll_samples"]) or "-"
     lines = [
         f"### {name}",
@@ -420,6 +420,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     env = child_env(at_once)
     start = time.perf_counter()
+    # processes of our own rather than one `-m` grid (hydra/launcher=parallel): the arms differ by whole groups and
+    # deletions (~objective.beta_neg), which one grid cannot cross with the seeds, and each run has its evaluations
     with ThreadPoolExecutor(max_workers=at_once) as pool:
         futures = [pool.submit(execute, job, env) for job in jobs]
     failed = [str(f.exception()) for f in futures if f.exception() is not None]
@@ -434,7 +436,7 @@ def main(argv: list[str] | None = None) -> int:
     tables = {}
     for name in scale.tables:
         table_jobs = [j for j in jobs if j.table == name]
-        tables[name] = summarise_table(name, spec.tables[name], table_jobs, seeds)
+        tables[name] = summarise_table(spec.tables[name], table_jobs, seeds)
         if spec.tables[name].get("fid_floor"):
             n = int(json.loads((table_jobs[0].folder / "metrics.json").read_text())["test/fid_n"])
             tables[name]["fid_floor"] = fid_floor(table_jobs[0].folder, n)
