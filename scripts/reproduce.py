@@ -3,7 +3,8 @@
     python scripts/reproduce.py VARIANT --scale smoke|cpu|gpu [--out DIR] [--jobs N] [--dry-run]
 
 VARIANT is one of rho_vae, sos_vae, vlae, soft_intro_vae. ``conf/reproduce/VARIANT.yaml`` holds its tables (arms as
-``vae-train`` overrides, the metrics shown, the paper's figures, the arms compared) and its scales: ``smoke`` (about
+``vae-train`` overrides, the metrics shown, the paper's figures, the arms compared) and its scales (per table the
+overrides of every arm, ``arm_overrides`` of one arm, and the evaluations below): ``smoke`` (about
 a minute, a check of the machinery), ``cpu`` (what a 2-core CPU does in about 45 minutes or, where it cannot, the
 estimate says so) and ``gpu`` (the paper's protocol on one GPU). Each (table, arm, seed) is one
 ``python -m vae_experiments.train`` process with its own run folder, ``--jobs`` of them at once (each with
@@ -129,6 +130,7 @@ def plan(spec: DictConfig, scale: DictConfig, out: Path) -> list[Job]:
     jobs = []
     for name, at_scale in scale.tables.items():
         table = spec.tables[name]
+        arm_only = at_scale.get("arm_overrides", {})
         for arm, arm_spec in table.arms.items():
             for seed in scale.seeds:
                 folder = out / "runs" / name / arm / f"seed{seed}"
@@ -139,7 +141,7 @@ def plan(spec: DictConfig, scale: DictConfig, out: Path) -> list[Job]:
                         arm,
                         int(seed),
                         folder,
-                        [*arm_spec.overrides, *at_scale.get("overrides", [])],
+                        [*arm_spec.overrides, *at_scale.get("overrides", []), *arm_only.get(arm, [])],
                         list(at_scale.get("nll_k", [])),
                         at_scale.get("coherence_n") if table.get("coherence") else None,
                         grids,

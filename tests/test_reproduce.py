@@ -12,11 +12,14 @@ from pathlib import Path
 import pytest
 from scipy import stats
 
+from scripts import reproduce
+from tests.conftest import compose_cfg
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "reproduce.py"
 
 
-def reproduce(variant: str, out: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+def run_script(variant: str, out: Path, *extra: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
     command = [sys.executable, str(SCRIPT), variant, "--scale", "smoke", "--out", str(out), *extra]
     return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
@@ -69,7 +72,7 @@ def test_rho_vae_smoke_table_summarises_its_runs_and_a_relaunch_completes_a_fail
     broken = tmp_path / "runs" / "mlp" / "diagonal" / "seed0"
     (broken / "checkpoints").mkdir(parents=True)
     (broken / "checkpoints" / "last.ckpt").write_text("not a checkpoint")
-    done = reproduce("rho_vae", tmp_path)
+    done = run_script("rho_vae", tmp_path)
     assert done.returncode == 1
     assert "diagonal/seed0.log" in done.stderr and "1 of 6 runs failed" in done.stderr
     assert not (tmp_path / "results.json").exists()
@@ -78,7 +81,7 @@ def test_rho_vae_smoke_table_summarises_its_runs_and_a_relaunch_completes_a_fail
     for path in sorted(broken.rglob("*"), reverse=True):
         path.unlink() if path.is_file() else path.rmdir()
     stamp = (tmp_path / "runs" / "mlp" / "rho" / "seed0" / "metrics.json").stat().st_mtime_ns
-    done = reproduce("rho_vae", tmp_path)
+    done = run_script("rho_vae", tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     assert (tmp_path / "runs" / "mlp" / "rho" / "seed0" / "metrics.json").stat().st_mtime_ns == stamp
     result = check_table(tmp_path, "rho_vae")
@@ -90,15 +93,34 @@ def test_rho_vae_smoke_table_summarises_its_runs_and_a_relaunch_completes_a_fail
     assert {(c["a"], c["b"]) for c in table["comparisons"]} == {("rho", "diagonal")}
 
 
+@pytest.mark.parametrize("variant", reproduce.VARIANTS)
+def test_every_scale_composes_each_arm_with_3_seeds_and_compares_arms_it_has(variant: str, tmp_path: Path) -> None:
+    spec = reproduce.OmegaConf.load(reproduce.SPECS / f"{variant}.yaml")
+    assert set(spec.scales) == set(reproduce.SCALES)
+    for scale_name, scale in spec.scales.items():
+        assert len(scale.seeds) >= 3 and scale.about
+        jobs = reproduce.plan(spec, scale, tmp_path)
+        arms = {name: list(spec.tables[name].arms) for name in scale.tables}
+        assert len(jobs) == len(scale.seeds) * sum(len(a) for a in arms.values())
+        for name, table_arms in arms.items():
+            for a, b in spec.tables[name].get("compare", []):
+                assert a in table_arms and b in table_arms
+        for job in jobs:
+            if job.seed == scale.seeds[0]:
+                # Hydra refuses an override whose key or group option does not exist
+                cfg = compose_cfg([*job.overrides, *reproduce.QUIET, f"seed={job.seed}"], tmp_path)
+                assert cfg.seed == job.seed, (variant, scale_name, job.arm)
+
+
 def test_unknown_variant_is_refused_before_anything_runs(tmp_path: Path) -> None:
-    done = reproduce("beta_vae", tmp_path)
+    done = run_script("beta_vae", tmp_path)
     assert done.returncode == 2 and "invalid choice" in done.stderr
     assert not any(tmp_path.iterdir())
 
 
 @pytest.mark.slow
 def test_sos_vae_smoke_adds_the_nll_curve_coherence_and_the_8_bit_bound(tmp_path: Path) -> None:
-    done = reproduce("sos_vae", tmp_path)
+    done = run_script("sos_vae", tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     table = check_table(tmp_path, "sos_vae")["tables"]["fashion_mnist"]
     assert table["nll_k"] == [1, 4] and table["n_test"] == 20 and table["dims"] == 784
@@ -114,7 +136,7 @@ def test_sos_vae_smoke_adds_the_nll_curve_coherence_and_the_8_bit_bound(tmp_path
 
 @pytest.mark.slow
 def test_vlae_smoke_orders_arms_against_the_paper(tmp_path: Path) -> None:
-    done = reproduce("vlae", tmp_path)
+    done = run_script("vlae", tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     table = check_table(tmp_path, "vlae")["tables"]["fashion_mnist"]
     assert [row["metrics"]["test/nll"]["paper"] for row in table["rows"]] == [87.55, 79.48, 78.94]
@@ -125,7 +147,7 @@ def test_vlae_smoke_orders_arms_against_the_paper(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_soft_intro_smoke_has_fid_at_n_beside_the_real_floor(tmp_path: Path) -> None:
-    done = reproduce("soft_intro_vae", tmp_path)
+    done = run_script("soft_intro_vae", tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     result = check_table(tmp_path, "soft_intro_vae")
     floor = result["tables"]["fashion_mnist"]["fid_floor"]
