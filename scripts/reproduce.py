@@ -197,7 +197,7 @@ def fid_floor(run: Path, n: int) -> dict[str, Any]:
         n_reference=n,
         image_shape=tuple(datamodule.data_shape),
     )
-    return {"fid": result.value, "n": result.n, "n_reference": result.n_reference}
+    return {"fid": result.value, "n": result.n_generated, "n_reference": result.n_reference}
 
 
 def run_values(job: Job) -> dict[str, Any]:
@@ -277,10 +277,12 @@ def summarise_table(table: DictConfig, jobs: list[Job], seeds: list[int]) -> dic
 
 
 def fmt(value: float, half_width: float | None = None) -> str:
-    """``mean ± half`` with two significant digits of the half-width (4 decimals at most)."""
+    """``mean ± half`` to two significant digits of the half-width (in powers of ten below 1e-4)."""
     if half_width is None or not math.isfinite(half_width) or half_width == 0:
-        return f"{value:.2f}" if abs(value) >= 1 else f"{value:.4f}"
-    decimals = min(4, max(0, 1 - math.floor(math.log10(half_width))))
+        return f"{value:.2f}" if abs(value) >= 1 else f"{value:.4g}"
+    decimals = max(0, 1 - math.floor(math.log10(half_width)))
+    if decimals > 5:
+        return f"{value:.3g} ± {half_width:.2g}"
     return f"{value:.{decimals}f} ± {half_width:.{decimals}f}"
 
 
@@ -440,7 +442,7 @@ def main(argv: list[str] | None = None) -> int:
         table_jobs = [j for j in jobs if j.table == name]
         tables[name] = summarise_table(spec.tables[name], table_jobs, seeds)
         if spec.tables[name].get("fid_floor"):
-            n = int(json.loads((table_jobs[0].folder / "metrics.json").read_text())["test/fid_n"])
+            n = int(json.loads((table_jobs[0].folder / "metrics.json").read_text())["test/fid_n_generated"])
             tables[name]["fid_floor"] = fid_floor(table_jobs[0].folder, n)
     command = f"python scripts/reproduce.py {args.variant} --scale {args.scale}"
     result = {
