@@ -4,9 +4,9 @@
 
 VARIANT is one of rho_vae, sos_vae, vlae, soft_intro_vae. ``conf/reproduce/VARIANT.yaml`` holds its tables (arms as
 ``vae-train`` overrides, the metrics shown, the paper's figures, the arms compared) and its scales (per table the
-overrides of every arm, ``arm_overrides`` of one arm, and the evaluations below): ``smoke`` (about
-a minute, a check of the machinery), ``cpu`` (what a 2-core CPU does in about 45 minutes or, where it cannot, the
-estimate says so) and ``gpu`` (the paper's protocol on one GPU). Each (table, arm, seed) is one
+overrides of every arm, ``arm_overrides`` of one arm, and the evaluations below): ``smoke`` (about a minute, a check
+of the machinery), ``cpu`` (what a 2-core CPU does in about 45 minutes or, where it cannot, the estimate says so)
+and ``gpu`` (the paper's protocol on one GPU). Each (table, arm, seed) is one
 ``python -m vae_experiments.train`` process with its own run folder, ``--jobs`` of them at once (each with
 max(1, cores // jobs) torch threads unless OMP_NUM_THREADS is set); a finished run (its folder holds
 ``metrics.json``) is not run again, so a re-launch completes what was left. Per table, as the spec asks:
@@ -16,8 +16,8 @@ max(1, cores // jobs) torch threads unless OMP_NUM_THREADS is set); a finished r
   curve over k that shows whether the estimate has converged;
 * ``coherence``: residual lag-1 autocorrelation of samples and of test reconstructions (``scripts/sos_results.py``),
   picture grids of seed 0 under ``OUT/grids``;
-* ``fid_floor``: FID between N training and the same N test images (real vs real at the runs' N: the value a
-  perfect model would get from sampling noise alone);
+* ``fid_floor``: FID between N training and the same N test images (real vs real at the runs' N: about what a
+  model that samples the data distribution itself would get, FID's finite-sample bias at this N);
 * ``dequantized_levels``: the 8-bit bound in bits/dim, (NLL + D ln L) / (D ln 2), of a density on dequantised data.
 
 Written to ``OUT`` (default ``outputs/reproduce/VARIANT-SCALE``): ``results.md`` and ``results.json``: per arm the
