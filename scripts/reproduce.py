@@ -73,11 +73,18 @@ class Job:
         return [sys.executable, "-m", "vae_experiments.train", *self.overrides, *QUIET, *run]
 
     def eval_command(self, k: int) -> list[str]:
+        """``vae-eval`` of the last checkpoint at k importance samples; the run's other test settings (vae-eval's own
+        defaults would replace them) once its saved config exists, so the run's k reproduces its test/nll."""
         ckpt = self.folder / "checkpoints" / "last.ckpt"
+        saved = self.folder / ".hydra" / "config.yaml"
+        own = []
+        if saved.is_file():
+            test = OmegaConf.load(saved).eval
+            own = [f"eval.elbo_samples={test.elbo_samples}", f"eval.nll_max_rows={test.nll_max_rows}"]
         quiet = 'overrides=["eval.fid.enabled=false","eval.toy2d.enabled=false"]'
         out = f"hydra.run.dir={self.folder / f'nll_k{k}'}"
-        return [sys.executable, "-m", "vae_experiments.evaluate", f"ckpt_path={ckpt}", f"eval.nll_samples={k}", quiet,
-                out]  # fmt: skip
+        evaluate = [sys.executable, "-m", "vae_experiments.evaluate", f"ckpt_path={ckpt}", f"eval.nll_samples={k}"]
+        return [*evaluate, *own, quiet, out]
 
     def coherence_command(self) -> list[str]:
         grids = ["--grids", str(self.grids)] if self.grids is not None else []

@@ -126,8 +126,9 @@ def test_sos_vae_smoke_adds_the_nll_curve_coherence_and_the_8_bit_bound(tmp_path
     assert table["nll_k"] == [1, 4] and table["n_test"] == 20 and table["dims"] == 784
     for row in table["rows"]:
         cells = row["metrics"]
-        # the curve's last point is the run's own test NLL at that k (the same weights, the same evaluation seed)
-        assert cells["nll_k4"]["values"] == pytest.approx(cells["test/nll"]["values"], rel=1e-5)
+        # the curve's point at the run's own k is its test NLL exactly (the same weights, settings and seed)
+        assert cells["nll_k4"]["values"] == cells["test/nll"]["values"]
+        assert cells["nll_k1"]["values"] != cells["test/nll"]["values"]
         for nll, bpd in zip(cells["test/nll"]["values"], cells["bpd_8bit"]["values"], strict=True):
             assert bpd == pytest.approx((nll + 784 * math.log(256)) / (784 * math.log(2)), rel=1e-12)
         assert -1 <= cells["sample_autocorr"]["mean"] <= 1
