@@ -289,7 +289,7 @@ def fmt(value: float, half_width: float | None = None) -> str:
         return f"{value:.2f}" if abs(value) >= 1 else f"{value:.4g}"
     decimals = max(0, 1 - math.floor(math.log10(half_width)))
     if decimals > 5:
-        return f"{value:.3g} ± {half_width:.2g}"
+        return f"{value:.6g} ± {half_width:.2g}"
     return f"{value:.{decimals}f} ± {half_width:.{decimals}f}"
 
 
