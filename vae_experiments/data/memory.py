@@ -13,20 +13,24 @@ class InMemoryDataset(Dataset[Tensor]):
     """A split held as ONE tensor ``data`` of shape ``(N, *data_shape)`` (uint8 images or float toy points).
 
     A read returns ``data[indices].float() / scale``. ``resample=True`` re-draws ``x ~ Bernoulli(x)`` on every
-    read (dynamic binarisation of a training split); ``hflip=True`` mirrors each image left-right with
-    probability 1/2. Both use the global torch generator, so ``seed_everything`` and the DataLoader's
-    per-worker seeds govern them.
+    read (dynamic binarisation of a training split); ``dequantize=True`` returns ``(data + u) / scale`` with a fresh
+    ``u ~ U[0, 1)`` per value on every read (uniform dequantisation of a training split); ``hflip=True`` mirrors each
+    image left-right with probability 1/2. All three use the global torch generator, so ``seed_everything`` and the
+    DataLoader's per-worker seeds govern them.
 
     It stays a map-style ``Dataset`` (``__len__``/``__getitem__``), so a ``DataLoader`` with any sampler,
     including the ``DistributedSampler`` Lightning injects, works. The DataLoader's fetcher calls
     ``__getitems__`` with the whole batch of indices; use ``collate_batch`` as its ``collate_fn``.
     """
 
-    def __init__(self, data: Tensor, scale: float = 1.0, resample: bool = False, hflip: bool = False) -> None:
+    def __init__(
+        self, data: Tensor, scale: float = 1.0, resample: bool = False, hflip: bool = False, dequantize: bool = False
+    ) -> None:
         self.data = data
         self.scale = float(scale)
         self.resample = resample
         self.hflip = hflip
+        self.dequantize = dequantize
 
     def __len__(self) -> int:
         return self.data.shape[0]
@@ -40,6 +44,8 @@ class InMemoryDataset(Dataset[Tensor]):
     def take(self, index: Tensor) -> Tensor:
         """The float batch at ``index`` (a long tensor on the data's device), transformed where the data lives."""
         x = self.data.index_select(0, index)
+        if self.dequantize:
+            x = x.to(torch.float32).add_(torch.rand(x.shape, device=x.device))
         # uint8 * float scalar promotes to float32 in one pass; .to() is then a no-op
         x = (x * (1.0 / self.scale) if self.scale != 1.0 else x).to(torch.float32)
         if self.resample:
@@ -51,7 +57,7 @@ class InMemoryDataset(Dataset[Tensor]):
 
     def to(self, device: torch.device | str) -> InMemoryDataset:
         """The same split with its tensor on ``device`` (moved once; reads then never leave the device)."""
-        return InMemoryDataset(self.data.to(device), self.scale, self.resample, self.hflip)
+        return InMemoryDataset(self.data.to(device), self.scale, self.resample, self.hflip, self.dequantize)
 
 
 def collate_batch(batch: Tensor) -> Tensor:
@@ -68,11 +74,21 @@ def binarize_once(data: Tensor, scale: float, seed: int) -> Tensor:
     return torch.bernoulli(data.to(torch.float32) / scale, generator=generator).to(torch.uint8)
 
 
+def dequantize_once(data: Tensor, levels: int, seed: int) -> Tensor:
+    """``(data + u) / levels`` with ``u ~ U[0, 1)`` per value from a generator seeded with ``seed``: float32 values in
+    [0, 1), the same on every call with the same seed (a held-out split's fixed dequantisation)."""
+    generator = torch.Generator().manual_seed(seed)
+    return (data.to(torch.float32) + torch.rand(data.shape, generator=generator)) / levels
+
+
 BINARIZE = ("none", "static", "dynamic")
 
 
-def binarized_levels(binarize: str, levels: int) -> int:
-    """Values per pixel of the batches: 2 once binarised, else the images' own ``levels``."""
+def binarized_levels(binarize: str, levels: int, dequantize: bool = False) -> int | None:
+    """Values per pixel of the batches: 2 once binarised, ``None`` once dequantised (continuous values), else the
+    images' own ``levels``."""
+    if dequantize:
+        return None
     return 2 if binarize != "none" else levels
 
 
@@ -87,6 +103,7 @@ def split_images(
     train_subset: int | None = None,
     binarize: str = "none",
     hflip: bool = False,
+    dequantize: bool = False,
 ) -> tuple[InMemoryDataset, InMemoryDataset, InMemoryDataset]:
     """Train / validation / test splits of uint8 images (values 0..``levels`` - 1), read as float32 in [0, 1].
 
@@ -96,6 +113,10 @@ def split_images(
     pixel of the pool with a generator seeded with ``seed`` (of an official test split with ``seed + 1``), the same
     bits for every split and every epoch; ``dynamic`` (Burda et al.) keeps the training images grey and re-draws them
     on every read, while validation and test images get the ``static`` bits, so evaluation is deterministic.
+    ``dequantize`` (with ``binarize='none'`` only) reads value k as (k + u) / ``levels``, u ~ U[0, 1) (Theis et al.
+    2016, Eq. 3): a fresh u on every read of a training image, one fixed draw per value of the validation and test
+    images (generators seeded with ``seed + 2`` and ``seed + 3``), so evaluation is deterministic. A density p on
+    [0, 1]^D then bounds the probability of the 8-bit image: -log P(k) <= E_u[-log p((k + u) / L)] + D log L.
     ``hflip`` mirrors training images at random.
     """
     held_out = val_size + (test_size if test is None else 0)
@@ -115,6 +136,10 @@ def split_images(
     val_idx, train_idx = order[:val_size], order[val_size:]
     if train_subset is not None:
         train_idx = train_idx[:train_subset]
+    if dequantize:
+        train = InMemoryDataset(pool[train_idx], scale=float(levels), hflip=hflip, dequantize=True)
+        val = InMemoryDataset(dequantize_once(pool[val_idx], levels, seed + 2))
+        return train, val, InMemoryDataset(dequantize_once(test, levels, seed + 3))
     eval_scale = 1.0 if binarize != "none" else top
     if binarize == "dynamic":
         train = InMemoryDataset(pool[train_idx], scale=top, resample=True, hflip=hflip)

@@ -1,0 +1,156 @@
+"""scripts/reproduce.py end to end at ``--scale smoke``: the table's figures are the per-run metrics.json summarised."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from scipy import stats
+
+from scripts import reproduce
+from tests.conftest import compose_cfg
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "scripts" / "reproduce.py"
+
+
+def run_script(variant: str, out: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
+    command = [sys.executable, str(SCRIPT), variant, "--scale", "smoke", "--out", str(out), *extra]
+    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+
+
+def check_table(out: Path, variant: str) -> dict:
+    """Every cell of results.json against the runs' own metrics.json: mean, t interval, paired difference and p."""
+    result = json.loads((out / "results.json").read_text())
+    assert result["variant"] == variant and result["scale"] == "smoke" and result["wall_s"] > 0
+    seeds = result["seeds"]
+    assert len(seeds) >= 3
+    for name, table in result["tables"].items():
+        runs = {}
+        for row in table["rows"]:
+            for seed in seeds:
+                folder = out / "runs" / name / row["arm"] / f"seed{seed}"
+                runs[(row["arm"], seed)] = json.loads((folder / "metrics.json").read_text())
+            assert len(row["wall_s"]) == len(seeds) and min(row["wall_s"]) > 0
+            for metric, cell in row["metrics"].items():
+                if metric.startswith("test/") and "mean" in cell:
+                    values = [runs[(row["arm"], s)][metric] for s in seeds]
+                    assert cell["values"] == values
+                    assert cell["mean"] == pytest.approx(sum(values) / len(values), rel=1e-12)
+                    low, _ = stats.t.interval(0.95, len(values) - 1, loc=cell["mean"], scale=stats.sem(values))
+                    assert cell["half_width"] == pytest.approx(cell["mean"] - low, rel=1e-9)
+        assert table["nll_samples"] == sorted({run["test/nll_samples"] for run in runs.values()})
+        for c in table["comparisons"]:
+            if not c["metric"].startswith("test/"):
+                continue
+            a = [runs[(c["a"], s)][c["metric"]] for s in seeds]
+            b = [runs[(c["b"], s)][c["metric"]] for s in seeds]
+            assert c["difference"] == pytest.approx(sum(x - y for x, y in zip(a, b, strict=True)) / len(a), rel=1e-9)
+            assert c["p"] == pytest.approx(stats.ttest_rel(a, b).pvalue, rel=1e-9)
+            assert c["shown"] == (abs(c["difference"]) > c["half_width"])
+    markdown = (out / "results.md").read_text()
+    assert result["command"] in markdown
+    for name, table in result["tables"].items():
+        assert f"### {name}" in markdown and f"{table['n_test']:,} test examples" in markdown
+        for row in table["rows"]:
+            assert f"| {row['arm']} |" in markdown
+        for c in table["comparisons"]:
+            verdict = "shown" if c["shown"] else "not shown"
+            assert f"| {c['a']} - {c['b']} | {table['metric_names'][c['metric']]} |" in markdown
+            assert f"| {verdict} |" in markdown
+    return result
+
+
+def test_rho_vae_smoke_table_summarises_its_runs_and_a_relaunch_completes_a_failed_one(tmp_path: Path) -> None:
+    # one run's folder holds a broken checkpoint: that run fails, the others finish, no table is written
+    broken = tmp_path / "runs" / "mlp" / "diagonal" / "seed0"
+    (broken / "checkpoints").mkdir(parents=True)
+    (broken / "checkpoints" / "last.ckpt").write_text("not a checkpoint")
+    done = run_script("rho_vae", tmp_path)
+    assert done.returncode == 1
+    assert "diagonal/seed0.log" in done.stderr and "1 of 6 runs failed" in done.stderr
+    assert not (tmp_path / "results.json").exists()
+    assert (tmp_path / "runs" / "mlp" / "rho" / "seed2" / "metrics.json").is_file()
+    # the same command again, once the broken folder is gone, trains that run only and writes the table
+    for path in sorted(broken.rglob("*"), reverse=True):
+        path.unlink() if path.is_file() else path.rmdir()
+    stamp = (tmp_path / "runs" / "mlp" / "rho" / "seed0" / "metrics.json").stat().st_mtime_ns
+    done = run_script("rho_vae", tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (tmp_path / "runs" / "mlp" / "rho" / "seed0" / "metrics.json").stat().st_mtime_ns == stamp
+    result = check_table(tmp_path, "rho_vae")
+    table = result["tables"]["mlp"]
+    # 100 test images (one batch of eval_batch_size 100), k = 10, both arms, the paper's Fig. 1 figures beside them
+    assert table["n_test"] == 100 and table["nll_samples"] == [10]
+    assert [row["arm"] for row in table["rows"]] == ["diagonal", "rho"]
+    assert [row["metrics"]["test/loss"]["paper"] for row in table["rows"]] == [241.1, 221.6]
+    assert {(c["a"], c["b"]) for c in table["comparisons"]} == {("rho", "diagonal")}
+
+
+@pytest.mark.parametrize("variant", reproduce.VARIANTS)
+def test_every_scale_composes_each_arm_with_3_seeds_and_compares_arms_it_has(variant: str, tmp_path: Path) -> None:
+    spec = reproduce.OmegaConf.load(reproduce.SPECS / f"{variant}.yaml")
+    assert set(spec.scales) == set(reproduce.SCALES)
+    for scale_name, scale in spec.scales.items():
+        assert len(scale.seeds) >= 3 and scale.about
+        jobs = reproduce.plan(spec, scale, tmp_path)
+        arms = {name: list(spec.tables[name].arms) for name in scale.tables}
+        assert len(jobs) == len(scale.seeds) * sum(len(a) for a in arms.values())
+        for name, table_arms in arms.items():
+            for a, b in spec.tables[name].get("compare", []):
+                assert a in table_arms and b in table_arms
+        for job in jobs:
+            if job.seed == scale.seeds[0]:
+                # Hydra refuses an override whose key or group option does not exist
+                cfg = compose_cfg([*job.overrides, *reproduce.QUIET, f"seed={job.seed}"], tmp_path)
+                assert cfg.seed == job.seed, (variant, scale_name, job.arm)
+
+
+def test_unknown_variant_is_refused_before_anything_runs(tmp_path: Path) -> None:
+    done = run_script("beta_vae", tmp_path)
+    assert done.returncode == 2 and "invalid choice" in done.stderr
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.slow
+def test_sos_vae_smoke_adds_the_nll_curve_coherence_and_the_8_bit_bound(tmp_path: Path) -> None:
+    done = run_script("sos_vae", tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    table = check_table(tmp_path, "sos_vae")["tables"]["fashion_mnist"]
+    assert table["nll_k"] == [1, 4] and table["n_test"] == 20 and table["dims"] == 784
+    for row in table["rows"]:
+        cells = row["metrics"]
+        # the curve's point at the run's own k is its test NLL exactly (the same weights, settings and seed)
+        assert cells["nll_k4"]["values"] == cells["test/nll"]["values"]
+        assert cells["nll_k1"]["values"] != cells["test/nll"]["values"]
+        for nll, bpd in zip(cells["test/nll"]["values"], cells["bpd_8bit"]["values"], strict=True):
+            assert bpd == pytest.approx((nll + 784 * math.log(256)) / (784 * math.log(2)), rel=1e-12)
+        assert -1 <= cells["sample_autocorr"]["mean"] <= 1
+    assert (tmp_path / "grids" / "fashion_mnist" / "low_rank" / "seed0_samples.png").is_file()
+
+
+@pytest.mark.slow
+def test_vlae_smoke_orders_arms_against_the_paper(tmp_path: Path) -> None:
+    done = run_script("vlae", tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    table = check_table(tmp_path, "vlae")["tables"]["fashion_mnist"]
+    assert [row["metrics"]["test/nll"]["paper"] for row in table["rows"]] == [87.55, 79.48, 78.94]
+    markdown = (tmp_path / "results.md").read_text()
+    assert "the paper's pixelcnn > gaussian_prior > af_prior" in markdown
+    assert "free-bits floor of 7.84 nats" in markdown
+
+
+@pytest.mark.slow
+def test_soft_intro_smoke_has_fid_at_n_beside_the_real_floor(tmp_path: Path) -> None:
+    done = run_script("soft_intro_vae", tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = check_table(tmp_path, "soft_intro_vae")
+    floor = result["tables"]["fashion_mnist"]["fid_floor"]
+    assert floor["n"] == floor["n_reference"] == 20 and floor["fid"] > 0
+    assert set(result["tables"]) == {"fashion_mnist", "toy2d"}
