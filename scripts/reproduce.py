@@ -2,9 +2,9 @@
 
     python scripts/reproduce.py VARIANT --scale smoke|cpu|gpu [--out DIR] [--jobs N] [--dry-run]
 
-VARIANT is one of rho_vae, sos_vae, vlae, soft_intro_vae. ``conf/reproduce/VARIANT.yaml`` holds its tables (arms as
-``vae-train`` overrides, the metrics shown, the paper's figures, the arms compared) and its scales (per table the
-overrides of every arm, ``arm_overrides`` of one arm, and the evaluations below): ``smoke`` (about a minute, a check
+VARIANT is one of rho_vae, sos_vae, vlae, soft_intro_vae. ``scripts/reproduce_specs/VARIANT.yaml`` holds its tables
+(arms as ``vae-train`` overrides, the metrics shown, the paper's figures, the arms compared) and its scales (per table
+the overrides of every arm, ``arm_overrides`` of one arm, and the evaluations below): ``smoke`` (about a minute, a check
 of the machinery), ``cpu`` (what a 2-core CPU does in about 45 minutes or, where it cannot, the estimate says so)
 and ``gpu`` (the paper's protocol on one GPU). Each (table, arm, seed) is one
 ``python -m vae_experiments.train`` process with its own run folder, ``--jobs`` of them at once (each with
@@ -46,7 +46,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 ROOT = Path(__file__).resolve().parents[1]
-SPECS = ROOT / "conf" / "reproduce"
+SPECS = ROOT / "scripts" / "reproduce_specs"
 VARIANTS = tuple(sorted(p.stem for p in SPECS.glob("*.yaml")))
 SCALES = ("smoke", "cpu", "gpu")
 # no progress bars or picture grids in unattended runs (the grids' PixelCNN sampling alone takes a minute)

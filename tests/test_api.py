@@ -86,7 +86,7 @@ def test_a_copied_checkpoint_loads_the_trained_module_bit_for_bit(tmp_path: Path
     shutil.copy(tmp_path / "run" / "checkpoints" / "last.ckpt", copy)
     stored = torch.load(copy, weights_only=True)[run_config.CHECKPOINT_KEY]
     assert stored == run_config.portable(cfg) and stored["latent_dim"] == 4
-    assert stored["paths"]["data_dir"] == "${oc.env:VAE_DATA_DIR,data}"  # resolved where it is loaded
+    assert stored["paths"]["data_dir"].startswith("${oc.env:VAE_DATA_DIR,")  # resolved where it is loaded
 
     vae = api.load(copy)
     assert not vae.module.training and vae.device == torch.device("cpu") and vae.config.posterior == cfg.posterior
@@ -117,7 +117,7 @@ def test_config_fills_in_the_runtime_and_honours_the_output_folder(tmp_path: Pat
     assert api.config("paths.output_dir=elsewhere").paths.output_dir == "elsewhere"
     wandb = api.config("logger=wandb", "latent_dim=3")
     assert wandb.logger.wandb.name == "latent_dim=3,logger=wandb"  # ${hydra:job.override_dirname}, as the CLI names it
-    assert OmegaConf.to_container(wandb.paths)["data_dir"] == "${oc.env:VAE_DATA_DIR,data}"  # kept for later
+    assert OmegaConf.to_container(wandb.paths)["data_dir"].startswith("${oc.env:VAE_DATA_DIR,")  # kept for later
     assert wandb.callbacks.model_checkpoint.dirpath == f"{wandb.paths.output_dir}/checkpoints"
     assert not HydraConfig.initialized()
 

@@ -135,7 +135,7 @@ HEAVY: list[tuple[str, str, list[str], str]] = [
     ("ckpt-truncated", TRAIN, [*TINY, "ckpt_path={tmp}/truncated.ckpt"], "not a readable checkpoint"),
     ("ckpt-other-model", TRAIN, [*TINY, "ckpt_path={tmp}/other.ckpt"], "made by another model configuration"),
     ("ckpt-last-absent", TRAIN, [*TINY, "ckpt_path=last"], "ckpt_path=last"),
-    ("eval-outside-run", EVAL, ["ckpt_path={tmp}/random.ckpt"], "no .hydra/config.yaml above"),
+    ("eval-random", EVAL, ["ckpt_path={tmp}/random.ckpt"], "not a readable checkpoint"),
     ("eval-truncated", EVAL, ["ckpt_path={tmp}/run/checkpoints/truncated.ckpt"], "not a readable checkpoint"),
     ("eval-other-model", EVAL, ["ckpt_path={tmp}/run/checkpoints/other.ckpt"], "made by another model configuration"),
     ("cifar-offline", TRAIN, [*TINY[2:], "dataset=cifar10", "dataset.download=true", "likelihood=discretized_logistic",

@@ -333,13 +333,14 @@ TINY_CNN = ["posterior.head_hidden=8", "encoder.channels=[4,8]", "decoder.hidden
     ],
     ids=["mlp-rho", "mlp-diagonal", "mlp-faithful", "cnn-rho", "cnn-diagonal"],
 )
-def test_rho_experiments_run_fast_dev_run(make_cfg: Callable[..., DictConfig], overrides: list[str]) -> None:
+def test_rho_experiments_run_debug_fast(make_cfg: Callable[..., DictConfig], overrides: list[str]) -> None:
     if not sources._debian_fashion_mnist():
         pytest.skip(f"Debian package dataset-fashion-mnist absent ({sources.DEBIAN_FASHION_MNIST})")
+    paper = make_cfg(*overrides, fast=False)
+    assert paper.dataset._target_ == "vae_experiments.data.FashionMNIST.datamodule"
+    assert paper.latent_dim == 10 and paper.dataset.binarize == "none"
+    assert paper.optimizer.lr == 1e-3 and paper.dataset.batch_size == 128 and paper.trainer.max_epochs == 15
     cfg = make_cfg(*overrides, "debug=fast", "dataset.eval_batch_size=16", fast=False)
-    assert cfg.dataset._target_ == "vae_experiments.data.FashionMNIST.datamodule"
-    assert cfg.latent_dim == 10 and cfg.dataset.binarize == "none"
-    assert cfg.optimizer.lr == 1e-3 and cfg.dataset.batch_size == 128 and cfg.trainer.max_epochs == 15
     faithful = bool(cfg.posterior.get("reference_faithful", False))
     metrics = train(cfg)
     assert math.isfinite(metrics["test/loss"]) and math.isfinite(metrics["test/elbo"])
