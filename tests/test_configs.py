@@ -33,9 +33,10 @@ def test_every_option_composes(override: str, compose_config, tmp_path: Path) ->
         assert "_target_" in cfg[group]
     elif group == "debug":  # a real run, cut short: loggers and checkpoints stay (fast_dev_run drops them)
         assert "fast_dev_run" not in cfg.trainer and cfg.trainer.max_epochs == 1
-        assert cfg.trainer.limit_train_batches == 2 and cfg.trainer.limit_val_batches == cfg.trainer.limit_test_batches == 1
+        assert cfg.trainer.limit_train_batches == 2
+        assert cfg.trainer.limit_val_batches == cfg.trainer.limit_test_batches == 1
         assert cfg.eval.nll_samples == cfg.eval.elbo_samples == 4 and cfg.callbacks.image_grids.n == 4
-        assert cfg.dataset.batch_size == cfg.dataset.eval_batch_size == 8
+        assert cfg.dataset.batch_size == cfg.dataset.eval_batch_size == 4
         assert not compose_config([override, "callbacks=none"], tmp_path).callbacks  # adds no callback node
     elif group.startswith("+schedule"):
         assert cfg.objective.beta._target_.endswith(name.capitalize())
