@@ -1,4 +1,5 @@
-"""Runs as child processes, stopped by a signal at a point the test chooses (when a file the run writes appears),
+"""Runs as child processes, stopped by a signal at a point the test chooses (when a file the run writes appears, or
+while its test loop waits for the signal),
 and comparisons of a resumed run with an uninterrupted one."""
 
 from __future__ import annotations
@@ -6,6 +7,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -14,7 +16,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-import torch
 from hydra.core.global_hydra import GlobalHydra
 
 from vae_experiments import train as train_mod
@@ -39,16 +40,19 @@ TINY = [
     "trainer.enable_progress_bar=false",
 ]
 STEPS = 16
-# a test loop of a few seconds on 2 CPU cores, long enough to be killed in
-SLOW_TEST = ["eval.nll_samples=300", "eval.elbo_samples=20"]
+TRAIN = "vae_experiments.train"
+PAUSE_MARKER = "paused-in-test-loop"  # written by tests/pause_in_test_loop.py into the log's folder
 TIMING = "train/images_per_sec"
 
 
-def start_cli(args: list[str], log: Path) -> subprocess.Popen[bytes]:
-    """``vae-train ARGS`` as a child process, its output in ``log``."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "2"}
+def start_cli(args: list[str], log: Path, pause_in_test: bool = False) -> subprocess.Popen[bytes]:
+    """``vae-train ARGS`` as a child process, its output in ``log``. ``pause_in_test``: its first test batch waits
+    until the run is signalled, after writing ``log.parent / PAUSE_MARKER`` (``tests/pause_in_test_loop.py``)."""
+    marker = str(log.parent / PAUSE_MARKER)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "2", "PAUSE_MARKER": marker}
+    entry = [str(Path(__file__).with_name("pause_in_test_loop.py"))] if pause_in_test else ["-m", TRAIN]
     with log.open("wb") as out:
-        return subprocess.Popen([sys.executable, "-m", "vae_experiments.train", *args], stdout=out, stderr=out, env=env)
+        return subprocess.Popen([sys.executable, *entry, *args], stdout=out, stderr=out, env=env)
 
 
 def wait_until(child: subprocess.Popen[bytes], ready: Callable[[], bool], log: Path) -> None:
@@ -61,27 +65,13 @@ def wait_until(child: subprocess.Popen[bytes], ready: Callable[[], bool], log: P
 
 
 def signal_when(child: subprocess.Popen[bytes], ready: Callable[[], bool], signum: int, log: Path) -> int:
-    """Send ``signum`` to ``child`` as soon as ``ready()``; its exit status. Fails if it ends first."""
+    """Send ``signum`` to ``child`` as soon as ``ready()``; its exit status. Fails if it ends first; prints the end
+    of its log (which pytest shows when the test fails)."""
     wait_until(child, ready, log)
     child.send_signal(signum)
-    return child.wait(timeout=240)
-
-
-def checkpoint_at(path: Path, step: int) -> Callable[[], bool]:
-    """Whether ``path`` holds the state after ``step`` steps (read only when the file changed)."""
-    seen: list[int] = []
-
-    def ready() -> bool:
-        try:
-            stamp = path.stat().st_mtime_ns
-        except FileNotFoundError:
-            return False
-        if seen and seen[-1] == stamp:
-            return False
-        seen.append(stamp)
-        return torch.load(path, weights_only=True)["global_step"] == step
-
-    return ready
+    status = child.wait(timeout=240)
+    print(log.read_text()[-3000:])
+    return status
 
 
 def logged_steps(run: Path) -> list[int]:
@@ -106,9 +96,12 @@ def launch(
     capsys: pytest.CaptureFixture[str],
     main: Callable[[], None] = train_mod.main,
 ) -> tuple[int, str]:
-    """``vae-train ARGS`` (or another entry point's ``main``) in this process: (exit status, stderr)."""
+    """``vae-train ARGS`` (or another entry point's ``main``) in this process: (exit status, stderr). The root
+    logger's handlers are put back afterwards: Hydra's point at this test's captured output, which pytest closes."""
     GlobalHydra.instance().clear()
     monkeypatch.setattr(sys, "argv", ["vae", *args])
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
     try:
         main()
         status = 0
@@ -116,4 +109,8 @@ def launch(
         status = int(exc.code or 0)
     finally:
         GlobalHydra.instance().clear()
+        for handler in root.handlers:
+            if handler not in handlers:
+                handler.close()
+        root.handlers[:], root.level = handlers, level
     return status, capsys.readouterr().err

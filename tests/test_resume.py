@@ -18,11 +18,10 @@ import torch
 from conftest import compose_cfg
 from process_helpers import (
     LAST,
-    SLOW_TEST,
+    PAUSE_MARKER,
     STEPS,
     TINY,
     assert_same_run,
-    checkpoint_at,
     launch,
     logged_steps,
     signal_when,
@@ -53,12 +52,14 @@ def test_killed_mid_training_resumes_to_the_uninterrupted_run(make_cfg, tmp_path
 
 
 def test_killed_while_testing_resumes_to_the_uninterrupted_run(make_cfg, tmp_path: Path) -> None:
-    """SIGKILL once the final checkpoint is written (the test loop runs); the resume trains no more, tests again."""
-    args = [*TINY, *SLOW_TEST]
+    """SIGKILL while the test loop runs (its first batch waits for the signal); the resume trains no more and
+    tests again."""
+    args = TINY
     uninterrupted = train(make_cfg(*args, fast=False, out=tmp_path / "a"))
     run, log = tmp_path / "b", tmp_path / "b.log"
-    child = start_cli([*args, f"hydra.run.dir={run}"], log)
-    assert signal_when(child, checkpoint_at(run / LAST, STEPS), signal.SIGKILL, log) == -9
+    child = start_cli([*args, f"hydra.run.dir={run}"], log, pause_in_test=True)
+    assert signal_when(child, (tmp_path / PAUSE_MARKER).is_file, signal.SIGKILL, log) == -9
+    assert torch.load(run / LAST, weights_only=True)["global_step"] == STEPS
     assert not (run / "metrics.json").exists()
     resumed = train(make_cfg(*args, "ckpt_path=last", fast=False, out=run))
     assert_same_run(resumed, uninterrupted, run, tmp_path / "a")
