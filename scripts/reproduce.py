@@ -12,8 +12,8 @@ max(1, cores // jobs) torch threads unless OMP_NUM_THREADS is set); a finished r
 ``metrics.json``) is not run again, so a re-launch completes what was left. Per table, as the spec asks:
 
 * ``nll_k``: the NLL of each run's last checkpoint at each k (``vae_experiments.evaluate`` with
-  ``eval.nll_samples=k``, the run's other test settings and seed, so the run's own k gives its own figure), the
-  curve over k that shows whether the estimate has converged;
+  ``eval.nll_samples=k`` and the run's seed; at the run's own k, the run's own test NLL), the curve over k that
+  shows whether the estimate has converged;
 * ``coherence``: residual lag-1 autocorrelation of samples and of test reconstructions (``scripts/sos_results.py``),
   picture grids of seed 0 under ``OUT/grids``;
 * ``fid_floor``: FID between N training and the same N test images (real vs real at the runs' N: about what a
@@ -72,19 +72,21 @@ class Job:
         run = [f"hydra.run.dir={self.folder}", f"seed={self.seed}", "resume=true"]
         return [sys.executable, "-m", "vae_experiments.train", *self.overrides, *QUIET, *run]
 
+    def own_k(self) -> int | None:
+        """The k of the run's own test NLL (its saved config's ``eval.nll_samples``), once it has trained."""
+        saved = self.folder / ".hydra" / "config.yaml"
+        return int(OmegaConf.load(saved).eval.nll_samples) if saved.is_file() else None
+
     def eval_command(self, k: int) -> list[str]:
-        """``vae-eval`` of the last checkpoint at k importance samples; the run's other test settings (vae-eval's own
-        defaults would replace them) once its saved config exists, so the run's k reproduces its test/nll."""
+        """``vae-eval`` of the last checkpoint at k importance samples, with one ELBO draw (only its NLL is read) and
+        the run's memory budget per decoder pass."""
         ckpt = self.folder / "checkpoints" / "last.ckpt"
         saved = self.folder / ".hydra" / "config.yaml"
-        own = []
-        if saved.is_file():
-            test = OmegaConf.load(saved).eval
-            own = [f"eval.elbo_samples={test.elbo_samples}", f"eval.nll_max_rows={test.nll_max_rows}"]
+        own = [f"eval.nll_max_rows={OmegaConf.load(saved).eval.nll_max_rows}"] if saved.is_file() else []
         quiet = 'overrides=["eval.fid.enabled=false","eval.toy2d.enabled=false"]'
         out = f"hydra.run.dir={self.folder / f'nll_k{k}'}"
         evaluate = [sys.executable, "-m", "vae_experiments.evaluate", f"ckpt_path={ckpt}", f"eval.nll_samples={k}"]
-        return [*evaluate, *own, quiet, out]
+        return [*evaluate, "eval.elbo_samples=1", *own, quiet, out]
 
     def coherence_command(self) -> list[str]:
         grids = ["--grids", str(self.grids)] if self.grids is not None else []
@@ -122,7 +124,7 @@ def execute(job: Job, env: dict[str, str]) -> None:
     if not (job.folder / "metrics.json").is_file():
         run_logged(job.train_command(), log, env)
     for k in job.nll_k:
-        if not (job.folder / f"nll_k{k}" / "metrics.json").is_file():
+        if k != job.own_k() and not (job.folder / f"nll_k{k}" / "metrics.json").is_file():
             run_logged(job.eval_command(k), log, env)
     if job.coherence_n is not None and not (job.folder / COHERENCE).is_file():
         lines = run_logged(job.coherence_command(), log, env).strip().splitlines()
@@ -215,7 +217,8 @@ def run_values(job: Job) -> dict[str, Any]:
         coherence = json.loads((job.folder / COHERENCE).read_text())
         values.update({k: coherence[k] for k in ("sample_autocorr", "data_autocorr", "mean_std")})
     for k in job.nll_k:
-        values[f"nll_k{k}"] = json.loads((job.folder / f"nll_k{k}" / "metrics.json").read_text())["test/nll"]
+        at_k = metrics if k == job.own_k() else json.loads((job.folder / f"nll_k{k}" / "metrics.json").read_text())
+        values[f"nll_k{k}"] = at_k["test/nll"]
     values["wall_s"] = json.loads((job.folder / WALL).read_text())["wall_s"]
     return values
 

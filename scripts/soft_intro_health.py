@@ -2,8 +2,8 @@
 
     python scripts/soft_intro_health.py RUN_DIR [RUN_DIR ...] --n 1000
 
-For each run: rebuild the model from ``RUN/.hydra/config.yaml``, load ``RUN/checkpoints/last.ckpt``, put it in eval mode
-and report on the first ``n`` test images: ``mse`` (mean squared error per value between x and the decoder's mean at
+For each run: the model of ``RUN/checkpoints/last.ckpt`` (``vae_experiments.api.load``, in eval mode); it reports
+on the first ``n`` test images: ``mse`` (mean squared error per value between x and the decoder's mean at
 E_q[z]), ``kl_real`` = <KL(q(z|x) || p(z))>, and ``kl_fake`` = <KL(q(z|x_f) || p(z))> for ``n`` generated
 x_f = mean of p(x|z), z ~ p(z). Soft-IntroVAE trains the encoder to make kl_fake > kl_real; a plain VAE does not.
 """
@@ -15,19 +15,15 @@ import json
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
 
+from vae_experiments import api
 from vae_experiments.model import closed_form_kl, posterior_mean
-from vae_experiments.train import build
 
 
 @torch.no_grad()
 def health(run: Path, n: int) -> dict[str, float]:
-    cfg = OmegaConf.load(run / ".hydra" / "config.yaml")
-    datamodule, module = build(cfg)
-    state = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
-    module.load_state_dict(state)
-    model = module.model.eval()
+    trained = api.load(run)
+    model, datamodule = trained.module.model, trained.datamodule
     datamodule.setup("test")
     x = torch.cat(list(datamodule.test_dataloader()))[:n]
     q = model.encode(x)

@@ -2,7 +2,7 @@
 
     PYTHONPATH=. python scripts/sos_results.py RUN_DIR [RUN_DIR ...] --n 1000 --grids docs/results
 
-For each run (model rebuilt from ``RUN/.hydra/config.yaml``, weights from ``RUN/checkpoints/last.ckpt``, eval mode):
+For each run (``vae_experiments.api.load``: the model of ``RUN/checkpoints/last.ckpt``, in eval mode):
 
 * ``sample_autocorr``: z ~ p(z), x ~ p(x|z); the residual r = x - E[x|z]; the lag-1 correlation of r between
   horizontally and vertically adjacent pixels (Pearson over all pixel pairs of an image, averaged over ``n`` images
@@ -22,12 +22,11 @@ import json
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
 from torch import Tensor
 from torchvision.utils import save_image
 
+from vae_experiments import api
 from vae_experiments.model import VAE, posterior_mean
-from vae_experiments.train import build
 
 
 def lag1_autocorr(r: Tensor) -> Tensor:
@@ -41,13 +40,9 @@ def lag1_autocorr(r: Tensor) -> Tensor:
 
 
 def load(run: Path) -> tuple[VAE, Tensor]:
-    cfg = OmegaConf.load(run / ".hydra" / "config.yaml")
-    datamodule, module = build(cfg)
-    state = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
-    module.load_state_dict(state)
-    datamodule.setup("test")
-    x = torch.cat(list(datamodule.test_dataloader()))
-    return module.model.eval(), x
+    trained = api.load(run)
+    trained.datamodule.setup("test")
+    return trained.module.model, torch.cat(list(trained.datamodule.test_dataloader()))
 
 
 @torch.no_grad()

@@ -126,9 +126,13 @@ def test_sos_vae_smoke_adds_the_nll_curve_coherence_and_the_8_bit_bound(tmp_path
     assert table["nll_k"] == [1, 4] and table["n_test"] == 20 and table["dims"] == 784
     for row in table["rows"]:
         cells = row["metrics"]
-        # the curve's point at the run's own k is its test NLL exactly (the same weights, settings and seed)
+        # the curve's point at the run's own k is its test NLL, not evaluated again; the other k are
         assert cells["nll_k4"]["values"] == cells["test/nll"]["values"]
         assert cells["nll_k1"]["values"] != cells["test/nll"]["values"]
+    run = tmp_path / "runs" / "fashion_mnist" / "low_rank" / "seed0"
+    assert (run / "nll_k1" / "metrics.json").is_file() and not (run / "nll_k4").exists()
+    for row in table["rows"]:
+        cells = row["metrics"]
         for nll, bpd in zip(cells["test/nll"]["values"], cells["bpd_8bit"]["values"], strict=True):
             assert bpd == pytest.approx((nll + 784 * math.log(256)) / (784 * math.log(2)), rel=1e-12)
         assert -1 <= cells["sample_autocorr"]["mean"] <= 1
