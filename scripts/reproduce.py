@@ -1,6 +1,6 @@
 """One command per paper variant: train its arms over seeds, then write its results table with intervals.
 
-    python scripts/reproduce.py VARIANT --scale smoke|cpu|gpu [--out DIR] [--jobs N] [--dry-run]
+    python scripts/reproduce.py VARIANT --scale smoke|cpu|gpu [--table NAME] [--out DIR] [--jobs N] [--dry-run]
 
 VARIANT is one of rho_vae, sos_vae, vlae, soft_intro_vae. ``scripts/reproduce_specs/VARIANT.yaml`` holds its tables
 (arms as ``vae-train`` overrides, the metrics shown, the paper's figures, the arms compared) and its scales (per table
@@ -411,6 +411,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=None, help="default: outputs/reproduce/VARIANT-SCALE")
     parser.add_argument("--jobs", type=int, default=None, help="runs at once (default: the scale's)")
     parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+    parser.add_argument(
+        "--table", action="append", default=None, help="only this table of the scale (repeat for more; default: all)"
+    )
     args = parser.parse_args(argv)
     if args.jobs is not None and args.jobs < 1:
         parser.exit(2, f"error: --jobs {args.jobs}: give at least 1\n")
@@ -421,6 +424,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     spec = OmegaConf.load(SPECS / f"{args.variant}.yaml")
     scale = spec.scales[args.scale]
+    if args.table:
+        unknown = sorted(set(args.table) - set(scale.tables))
+        if unknown:
+            print(f"error: --table {unknown[0]}: choose among {', '.join(scale.tables)}", file=sys.stderr)
+            return 2
+        scale.tables = {name: scale.tables[name] for name in scale.tables if name in args.table}
     out = (args.out or ROOT / "outputs" / "reproduce" / f"{args.variant}-{args.scale}").resolve()
     jobs = plan(spec, scale, out)
     at_once = args.jobs or int(scale.get("jobs", 1))
@@ -455,6 +464,7 @@ def main(argv: list[str] | None = None) -> int:
             n = int(json.loads((table_jobs[0].folder / "metrics.json").read_text())["test/fid_n_generated"])
             tables[name]["fid_floor"] = fid_floor(table_jobs[0].folder, n)
     command = f"python scripts/reproduce.py {args.variant} --scale {args.scale}"
+    command += "".join(f" --table {name}" for name in args.table or [])
     result = {
         "title": spec.title,
         "variant": args.variant,

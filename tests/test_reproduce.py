@@ -118,6 +118,16 @@ def test_unknown_variant_is_refused_before_anything_runs(tmp_path: Path) -> None
     assert not any(tmp_path.iterdir())
 
 
+def test_table_option_runs_only_the_tables_named(tmp_path: Path) -> None:
+    done = run_script("soft_intro_vae", tmp_path, "--table", "toy2d", "--dry-run")
+    assert done.returncode == 0, done.stderr
+    commands = done.stdout.splitlines()
+    assert len(commands) == 6 and all("/runs/toy2d/" in c for c in commands)  # 2 arms x 3 seeds, training only
+    done = run_script("soft_intro_vae", tmp_path, "--table", "toy2", "--dry-run")
+    assert done.returncode == 2 and done.stderr == "error: --table toy2: choose among fashion_mnist, toy2d\n"
+    assert not any(tmp_path.iterdir())
+
+
 @pytest.mark.slow
 def test_sos_vae_smoke_adds_the_nll_curve_coherence_and_the_8_bit_bound(tmp_path: Path) -> None:
     done = run_script("sos_vae", tmp_path)
