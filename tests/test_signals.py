@@ -10,6 +10,7 @@ import shlex
 import signal
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 from process_helpers import (
@@ -67,6 +68,37 @@ def test_sigterm_while_testing_writes_no_metrics_and_resumes(make_cfg, tmp_path:
     assert launch(resume_command(log, signal.SIGTERM, run), monkeypatch, capsys)[0] == 0
     resumed = json.loads((run / "metrics.json").read_text())
     assert_same_run(resumed, json.loads(json.dumps(uninterrupted)), run, tmp_path / "a")
+
+
+@pytest.mark.parametrize(
+    ("method", "nth", "step"),
+    [("_run", 1, None), ("_teardown", 1, STEPS), ("_run", 2, STEPS)],
+    ids=["fit set-up", "fit teardown", "test set-up"],
+)
+def test_sigterm_inside_lightnings_set_up_or_teardown_stops_resumably(
+    tmp_path: Path, monkeypatch, capsys, method: str, nth: int, step: int | None
+) -> None:
+    """SIGTERM while Lightning sets up or tears down a Trainer call (its ``nth`` ``method`` call: fit's, then
+    test's): nothing is raised inside it; the run stops at the first batch boundary (set-up, before any checkpoint)
+    or when the call returns (teardown: the final checkpoint kept), exit 143 with one resume line, no metrics.json."""
+    original = getattr(L.Trainer, method)
+    calls: list[int] = []
+
+    def signalled(self: L.Trainer, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == nth:
+            os.kill(os.getpid(), signal.SIGTERM)  # handled before the next line runs
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(L.Trainer, method, signalled)
+    run = tmp_path / "run"
+    status, err = launch([*TINY, f"hydra.run.dir={run}"], monkeypatch, capsys)
+    assert status == 143 and err.count("stopped by SIGTERM; resume with: ") == 1, err[-3000:]
+    assert not (run / "metrics.json").exists()
+    if step is None:
+        assert not (run / LAST).exists()
+    else:
+        assert torch.load(run / LAST, weights_only=True)["global_step"] == step
 
 
 def job_processes(ancestor: int) -> list[int]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -36,14 +37,13 @@ def write_final_metrics(
     samples, FID's samples) depend on the weights only: not on the random state training left behind, nor on which
     callbacks drew images in between. ``vae-eval`` on a run's last checkpoint, with the run's seed, then reproduces
     the run's test metrics exactly, and so does a run resumed after it was killed while testing. ``stop`` turns a
-    signal that came during the test loop's last batch into ``Interrupted`` before anything is written.
+    signal that came during the test call into ``Interrupted`` when it returns, before anything is written.
     """
     metrics = dict(known)
     if test:
         L.seed_everything(seed, workers=True, verbose=False)
-        trainer.test(module, datamodule=datamodule, verbose=False)
-        if stop is not None:
-            stop.raise_if_signalled()
+        with stop.trainer_call(trainer) if stop is not None else nullcontext():
+            trainer.test(module, datamodule=datamodule, verbose=False)
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")})
         metrics.update(module.test_extras)
         if trainer.is_global_zero:

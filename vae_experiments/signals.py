@@ -12,6 +12,8 @@ from __future__ import annotations
 import signal
 import sys
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from types import FrameType, TracebackType
 from typing import Any
 
@@ -32,14 +34,15 @@ class Interrupted(SystemExit):
 
 class StopOnSignal(L.Callback):
     """A context manager around a run that turns SIGTERM and SIGINT into ``Interrupted``, and the Trainer callback
-    that tells it when Lightning's loops are running.
+    that keeps Lightning's loops told of a signal.
 
-    Inside the training, validation and test loops the stop waits for the end of the current batch: Lightning's own
-    SIGTERM handling (its loops raise ``SIGTERMException`` at batch boundaries, and under DDP rank zero's flag reaches
-    every rank) is given SIGINT as well, instead of a ``KeyboardInterrupt`` at an arbitrary point. Anywhere else (data
-    set-up, the extra evaluations after testing, writing files) the stop is immediate: every file the run writes is
-    written atomically. A second signal stops at once. On the way out the handlers in place before are restored, and
-    rank zero prints ``resume_hint``.
+    While a Trainer call runs (``trainer_call``) the stop waits: the signal only sets the flag of Lightning's own
+    SIGTERM handling (its loops raise ``SIGTERMException`` at the next batch boundary, and under DDP rank zero's flag
+    reaches every rank), for SIGINT too, instead of a ``KeyboardInterrupt`` at an arbitrary point; a signal that came
+    after the last batch stops the run when the call returns. Nothing is raised inside Lightning's set-up or
+    teardown, whose clean-up would run twice. Anywhere else (data set-up, the extra evaluations after testing,
+    writing files) the stop is immediate: every file the run writes is written atomically. A second signal stops at
+    once. On the way out the handlers in place before are restored, and rank zero prints ``resume_hint``.
     """
 
     def __init__(self, resume_hint: str) -> None:
@@ -65,8 +68,15 @@ class StopOnSignal(L.Callback):
             print(f"stopped by {signal.Signals(signum).name}; resume with: {self.resume_hint}", file=sys.stderr)
         raise Interrupted(signum) from None
 
-    def raise_if_signalled(self) -> None:
-        """After a Trainer call returns: a signal that came in its last batch or hooks stops the run here."""
+    @contextmanager
+    def trainer_call(self, trainer: L.Trainer) -> Iterator[None]:
+        """Around ``trainer.fit`` or ``trainer.test``: a signal meanwhile waits for a batch boundary or the call's
+        return, and then stops the run (``Interrupted``)."""
+        self._trainer = trainer
+        try:
+            yield
+        finally:
+            self._trainer = None
         if self.signum is not None:
             raise Interrupted(self.signum)
 
@@ -75,20 +85,17 @@ class StopOnSignal(L.Callback):
         self.signum = self.signum or signum
         if not first or self._trainer is None:
             raise Interrupted(self.signum)
+        self._tell_loops()
+
+    def _tell_loops(self) -> None:
         # Lightning's SIGTERM handler sets this flag; its loops check it after every batch (there is no public setter)
-        self._trainer._signal_connector.received_sigterm = True
+        if self._trainer is not None:
+            self._trainer._signal_connector.received_sigterm = True
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._trainer = trainer
+        if self.signum is not None:  # came during set-up, before Lightning's handlers (re)set the flag to False
+            self._tell_loops()
 
     def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._trainer = trainer
-
-    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._trainer = None
-
-    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._trainer = None
-
-    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
-        self._trainer = None
+        if self.signum is not None:
+            self._tell_loops()

@@ -144,8 +144,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             log_hyperparameters(trainer, cfg, module.model)
             apply_runtime_options(cfg, trainer, module)
             capture_on_gpu(cfg, trainer, module)
-            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
-            stop.raise_if_signalled()
+            with stop.trainer_call(trainer):
+                trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
             # from the checkpoint when the fit had finished before a resume (Lightning then trains no more)
             fit: dict[str, Any] = {**validation.metrics, **module.run_info}
             if throughput.images_per_sec is not None:
