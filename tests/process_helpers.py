@@ -1,6 +1,6 @@
-"""Runs as child processes, stopped by a signal at a point the test chooses (when a file the run writes appears, or
-while its test loop waits for the signal),
-and comparisons of a resumed run with an uninterrupted one."""
+"""Runs as child processes, stopped by a signal at a point the test chooses (where ``tests/paused_run.py`` makes the
+run wait for it, or when a file the run writes appears), and comparisons of a resumed run with an uninterrupted
+one."""
 
 from __future__ import annotations
 
@@ -41,16 +41,19 @@ TINY = [
 ]
 STEPS = 16
 TRAIN = "vae_experiments.train"
-PAUSE_MARKER = "paused-in-test-loop"  # written by tests/pause_in_test_loop.py into the log's folder
+PAUSE_MARKER = "paused"  # written by tests/paused_run.py into the log's folder
 TIMING = "train/images_per_sec"
 
 
-def start_cli(args: list[str], log: Path, pause_in_test: bool = False) -> subprocess.Popen[bytes]:
-    """``vae-train ARGS`` as a child process, its output in ``log``. ``pause_in_test``: its first test batch waits
-    until the run is signalled, after writing ``log.parent / PAUSE_MARKER`` (``tests/pause_in_test_loop.py``)."""
+def start_cli(args: list[str], log: Path, pause_at: str | None = None) -> subprocess.Popen[bytes]:
+    """``vae-train ARGS`` as a child process, its output in ``log``. ``pause_at`` (``test``, ``step:N``): the run
+    waits there until it is signalled, after writing ``log.parent / PAUSE_MARKER`` (``tests/paused_run.py``)."""
     marker = str(log.parent / PAUSE_MARKER)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "2", "PAUSE_MARKER": marker}
-    entry = [str(Path(__file__).with_name("pause_in_test_loop.py"))] if pause_in_test else ["-m", TRAIN]
+    entry = ["-m", TRAIN]
+    if pause_at is not None:
+        env["PAUSE_AT"] = pause_at
+        entry = [str(Path(__file__).with_name("paused_run.py"))]
     with log.open("wb") as out:
         return subprocess.Popen([sys.executable, *entry, *args], stdout=out, stderr=out, env=env)
 

@@ -35,16 +35,14 @@ from vae_experiments.train import train
 
 @pytest.mark.parametrize("loader", ["dataloader", "on_device"])
 def test_killed_mid_training_resumes_to_the_uninterrupted_run(make_cfg, tmp_path: Path, loader: str) -> None:
-    """SIGKILL after the first epoch's checkpoint and after the process logged a later step; ``resume=true``.
-    ``on_device``: the batches drawn on the device (the GPU default), whose epoch must follow the trainer's."""
+    """SIGKILL after the first epoch's checkpoint and after the process logged a later step (the run waits at the
+    start of its seventh training batch); ``resume=true``. ``on_device``: the batches drawn on the device (the GPU
+    default), whose epoch must follow the trainer's."""
     args = [*TINY, f"dataset.on_device={str(loader == 'on_device').lower()}"]
     uninterrupted = train(make_cfg(*args, fast=False, out=tmp_path / "a"))
     run, log = tmp_path / "b", tmp_path / "b.log"
-
-    def past_the_checkpoint() -> bool:
-        return (run / LAST).is_file() and max(logged_steps(run), default=0) > 4
-
-    assert signal_when(start_cli([*args, f"hydra.run.dir={run}"], log), past_the_checkpoint, signal.SIGKILL, log) == -9
+    child = start_cli([*args, f"hydra.run.dir={run}"], log, pause_at="step:6")
+    assert signal_when(child, (tmp_path / PAUSE_MARKER).is_file, signal.SIGKILL, log) == -9
     assert torch.load(run / LAST, weights_only=True)["global_step"] == 4 and not (run / "metrics.json").exists()
     assert max(logged_steps(run)) > 4  # rows the resumed run logs again
     resumed = train(make_cfg(*args, "resume=true", fast=False, out=run))
@@ -57,7 +55,7 @@ def test_killed_while_testing_resumes_to_the_uninterrupted_run(make_cfg, tmp_pat
     args = TINY
     uninterrupted = train(make_cfg(*args, fast=False, out=tmp_path / "a"))
     run, log = tmp_path / "b", tmp_path / "b.log"
-    child = start_cli([*args, f"hydra.run.dir={run}"], log, pause_in_test=True)
+    child = start_cli([*args, f"hydra.run.dir={run}"], log, pause_at="test")
     assert signal_when(child, (tmp_path / PAUSE_MARKER).is_file, signal.SIGKILL, log) == -9
     assert torch.load(run / LAST, weights_only=True)["global_step"] == STEPS
     assert not (run / "metrics.json").exists()

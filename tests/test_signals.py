@@ -41,14 +41,15 @@ def resume_command(log: Path, signum: int, run: Path) -> list[str]:
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_signal_mid_training_stops_resumably(make_cfg, tmp_path: Path, monkeypatch, capsys, signum: int) -> None:
-    """The signal once the first epoch's checkpoint is written: the run stops at the next batch, keeps the last
-    finished epoch's checkpoint, and the printed command resumes it to the uninterrupted run."""
+    """The signal during the second epoch (the run waits at the start of its sixth training batch): the run stops
+    at the end of that batch, keeps the first epoch's checkpoint, and the printed command resumes it to the
+    uninterrupted run."""
     uninterrupted = train(make_cfg(*TINY, fast=False, out=tmp_path / "a"))
     run, log = tmp_path / "b", tmp_path / "b.log"
-    child = start_cli([*TINY, f"hydra.run.dir={run}"], log)
-    assert signal_when(child, (run / LAST).is_file, signum, log) == 128 + signum
+    child = start_cli([*TINY, f"hydra.run.dir={run}"], log, pause_at="step:5")
+    assert signal_when(child, (tmp_path / PAUSE_MARKER).is_file, signum, log) == 128 + signum
     assert not (run / "metrics.json").exists()
-    assert torch.load(run / LAST, weights_only=True)["global_step"] in (4, 8, 12)  # the end of an epoch
+    assert torch.load(run / LAST, weights_only=True)["global_step"] == 4  # the end of the first epoch
     args = resume_command(log, signum, run)
     assert launch(args, monkeypatch, capsys)[0] == 0
     resumed = json.loads((run / "metrics.json").read_text())
@@ -61,7 +62,7 @@ def test_sigterm_while_testing_writes_no_metrics_and_resumes(make_cfg, tmp_path:
     args = TINY
     uninterrupted = train(make_cfg(*args, fast=False, out=tmp_path / "a"))
     run, log = tmp_path / "b", tmp_path / "b.log"
-    child = start_cli([*args, f"hydra.run.dir={run}"], log, pause_in_test=True)
+    child = start_cli([*args, f"hydra.run.dir={run}"], log, pause_at="test")
     assert signal_when(child, (tmp_path / PAUSE_MARKER).is_file, signal.SIGTERM, log) == 143
     assert torch.load(run / LAST, weights_only=True)["global_step"] == STEPS
     assert not (run / "metrics.json").exists()
