@@ -1,12 +1,14 @@
 """One command per paper variant: train its arms over seeds, then write its results table with intervals.
 
-    python scripts/reproduce.py VARIANT --scale smoke|cpu|gpu [--table NAME] [--out DIR] [--jobs N] [--dry-run]
+    python scripts/reproduce.py VARIANT --scale smoke|cpu|overnight|gpu [--table NAME] [--out DIR] [--jobs N]
+                                [--dry-run]
 
 VARIANT is one of rho_vae, sos_vae, vlae, soft_intro_vae. ``scripts/reproduce_specs/VARIANT.yaml`` holds its tables
 (arms as ``vae-train`` overrides, the metrics shown, the paper's figures, the arms compared) and its scales (per table
 the overrides of every arm, ``arm_overrides`` of one arm, and the evaluations below): ``smoke`` (about a minute, a check
-of the machinery), ``cpu`` (what a 2-core CPU does in about 45 minutes or, where it cannot, the estimate says so)
-and ``gpu`` (the paper's protocol on one GPU). Each (table, arm, seed) is one
+of the machinery), ``cpu`` (what a 2-core CPU does in about 45 minutes, its ``about`` saying what that settles and
+what it cannot), ``overnight`` where a spec has one (a CPU protocol of hours, for a claim the ``cpu`` budget cannot
+settle) and ``gpu`` (the paper's protocol on one GPU). Each (table, arm, seed) is one
 ``python -m vae_experiments.train`` process with its own run folder, ``--jobs`` of them at once (each with
 max(1, cores // jobs) torch threads unless OMP_NUM_THREADS is set); a finished run (its folder holds
 ``metrics.json``) is not run again, so a re-launch completes what was left. Per table, as the spec asks:
@@ -48,7 +50,8 @@ from omegaconf import DictConfig, OmegaConf
 ROOT = Path(__file__).resolve().parents[1]
 SPECS = ROOT / "scripts" / "reproduce_specs"
 VARIANTS = tuple(sorted(p.stem for p in SPECS.glob("*.yaml")))
-SCALES = ("smoke", "cpu", "gpu")
+SCALES = ("smoke", "cpu", "overnight", "gpu")
+REQUIRED_SCALES = ("smoke", "cpu", "gpu")  # every spec has these; overnight only where cpu cannot settle a claim
 # no progress bars or picture grids in unattended runs (the grids' PixelCNN sampling alone takes a minute)
 QUIET = ["callbacks.progress_bar=null", "callbacks.image_grids=null", "trainer.enable_progress_bar=false"]
 WALL = "reproduce_wall.json"
@@ -423,6 +426,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     spec = OmegaConf.load(SPECS / f"{args.variant}.yaml")
+    if args.scale not in spec.scales:
+        choices = ", ".join(spec.scales)
+        print(f"error: --scale {args.scale}: {args.variant} has none; choose among {choices}", file=sys.stderr)
+        return 2
     scale = spec.scales[args.scale]
     if args.table:
         unknown = sorted(set(args.table) - set(scale.tables))

@@ -96,7 +96,7 @@ def test_rho_vae_smoke_table_summarises_its_runs_and_a_relaunch_completes_a_fail
 @pytest.mark.parametrize("variant", reproduce.VARIANTS)
 def test_every_scale_composes_each_arm_with_3_seeds_and_compares_arms_it_has(variant: str, tmp_path: Path) -> None:
     spec = reproduce.OmegaConf.load(reproduce.SPECS / f"{variant}.yaml")
-    assert set(spec.scales) == set(reproduce.SCALES)
+    assert set(reproduce.REQUIRED_SCALES) <= set(spec.scales) <= set(reproduce.SCALES)
     for scale_name, scale in spec.scales.items():
         assert len(scale.seeds) >= 3 and scale.about
         jobs = reproduce.plan(spec, scale, tmp_path)
@@ -115,6 +115,14 @@ def test_every_scale_composes_each_arm_with_3_seeds_and_compares_arms_it_has(var
 def test_unknown_variant_is_refused_before_anything_runs(tmp_path: Path) -> None:
     done = run_script("beta_vae", tmp_path)
     assert done.returncode == 2 and "invalid choice" in done.stderr
+    assert not any(tmp_path.iterdir())
+
+
+def test_a_scale_the_variant_lacks_is_refused_in_one_line(tmp_path: Path) -> None:
+    assert "overnight" not in reproduce.OmegaConf.load(reproduce.SPECS / "rho_vae.yaml").scales
+    done = run_script("rho_vae", tmp_path, "--scale", "overnight", "--dry-run")
+    assert done.returncode == 2
+    assert done.stderr == "error: --scale overnight: rho_vae has none; choose among smoke, cpu, gpu\n"
     assert not any(tmp_path.iterdir())
 
 
