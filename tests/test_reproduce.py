@@ -86,6 +86,9 @@ def test_rho_vae_smoke_table_summarises_its_runs_and_a_relaunch_completes_a_fail
     assert (tmp_path / "runs" / "mlp" / "rho" / "seed0" / "metrics.json").stat().st_mtime_ns == stamp
     result = check_table(tmp_path, "rho_vae")
     table = result["tables"]["mlp"]
+    # the wall time is the table's, both launches: the failed one trained five of the six runs
+    assert result["launches"] == 2 and "summed over the 2 launches" in (tmp_path / "results.md").read_text()
+    assert result["wall_s"] >= max(w for row in table["rows"] for w in row["wall_s"])
     # 100 test images (one batch of eval_batch_size 100), k = 10, both arms, the paper's Fig. 1 figures beside them
     assert table["n_test"] == 100 and table["nll_samples"] == [10]
     assert [row["arm"] for row in table["rows"]] == ["diagonal", "rho"]
