@@ -37,6 +37,7 @@ import math
 import os
 import platform
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -109,15 +110,44 @@ def child_env(jobs: int) -> dict[str, str]:
     return env
 
 
-def run_logged(command: list[str], log: Path, env: dict[str, str]) -> str:
-    """Run ``command`` with stdout and stderr appended to ``log``; return its stdout; raise ``RunFailed``."""
-    log.parent.mkdir(parents=True, exist_ok=True)
-    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
-    with log.open("a") as f:
-        f.write(f"$ {shlex.join(command)}\n{done.stdout}{done.stderr}\n")
-    if done.returncode != 0:
-        raise RunFailed(f"{shlex.join(command[1:4])}... exited {done.returncode}: see {log}")
-    return done.stdout
+class Stopped(Exception):
+    """The command was signalled before this child started."""
+
+
+class Children:
+    """Starts the child processes, each in its own session so that a terminal's Ctrl-C reaches this command only,
+    which passes a SIGTERM or SIGINT on, once, to every running child (``vae-train`` then stops with its run
+    resumable) and starts no other: the same command run again continues where it stopped."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._running: set[subprocess.Popen[str]] = set()
+
+    def handle(self, signum: int, frame: Any) -> None:
+        self.signum = signum
+        for child in list(self._running):
+            child.send_signal(signum)
+
+    def run_logged(self, command: list[str], log: Path, env: dict[str, str]) -> str:
+        """Run ``command`` with stdout and stderr appended to ``log``; return its stdout; raise ``RunFailed``, or
+        ``Stopped`` once the command has been signalled."""
+        if self.signum is not None:
+            raise Stopped
+        log.parent.mkdir(parents=True, exist_ok=True)
+        pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
+        child = subprocess.Popen(command, cwd=ROOT, env=env, text=True, start_new_session=True, **pipes)
+        self._running.add(child)
+        if self.signum is not None:  # the signal came while it started
+            child.send_signal(self.signum)
+        try:
+            stdout, stderr = child.communicate()
+        finally:
+            self._running.discard(child)
+        with log.open("a") as f:
+            f.write(f"$ {shlex.join(command)}\n{stdout}{stderr}\n")
+        if child.returncode != 0:
+            raise RunFailed(f"{shlex.join(command[1:4])}... exited {child.returncode}: see {log}")
+        return stdout
 
 
 def add_launch(out: Path, wall: float) -> tuple[float, int]:
@@ -130,23 +160,25 @@ def add_launch(out: Path, wall: float) -> tuple[float, int]:
     return total["wall_s"], total["launches"]
 
 
-def execute(job: Job, env: dict[str, str]) -> None:
-    """Train (unless finished), then the evaluations not yet on disk; the wall time of what ran now is added to
-    ``WALL``."""
+def execute(job: Job, env: dict[str, str], children: Children) -> None:
+    """Train (unless finished), then the evaluations not yet on disk; the wall time of what ran now, finished or
+    not, is added to ``WALL``."""
     log = job.folder.parent / f"{job.folder.name}.log"
     start = time.perf_counter()
-    if not (job.folder / "metrics.json").is_file():
-        run_logged(job.train_command(), log, env)
-    for k in job.nll_k:
-        if k != job.own_k() and not (job.folder / f"nll_k{k}" / "metrics.json").is_file():
-            run_logged(job.eval_command(k), log, env)
-    if job.coherence_n is not None and not (job.folder / COHERENCE).is_file():
-        lines = run_logged(job.coherence_command(), log, env).strip().splitlines()
-        (job.folder / COHERENCE).write_text(lines[-1] + "\n")
-    wall = time.perf_counter() - start
-    path = job.folder / WALL
-    before = json.loads(path.read_text())["wall_s"] if path.is_file() else 0.0
-    path.write_text(json.dumps({"wall_s": before + wall}) + "\n")
+    try:
+        if not (job.folder / "metrics.json").is_file():
+            children.run_logged(job.train_command(), log, env)
+        for k in job.nll_k:
+            if k != job.own_k() and not (job.folder / f"nll_k{k}" / "metrics.json").is_file():
+                children.run_logged(job.eval_command(k), log, env)
+        if job.coherence_n is not None and not (job.folder / COHERENCE).is_file():
+            lines = children.run_logged(job.coherence_command(), log, env).strip().splitlines()
+            (job.folder / COHERENCE).write_text(lines[-1] + "\n")
+    finally:
+        if job.folder.is_dir():
+            path = job.folder / WALL
+            before = json.loads(path.read_text())["wall_s"] if path.is_file() else 0.0
+            path.write_text(json.dumps({"wall_s": before + time.perf_counter() - start}) + "\n")
 
 
 def plan(spec: DictConfig, scale: DictConfig, out: Path) -> list[Job]:
@@ -464,12 +496,19 @@ def main(argv: list[str] | None = None) -> int:
                 print(shlex.join(job.coherence_command()))
         return 0
     env = child_env(at_once)
+    children = Children()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, children.handle)
     start = time.perf_counter()
     # processes of our own rather than one `-m` grid (hydra/launcher=parallel): the arms differ by whole groups and
     # deletions (~objective.beta_neg), which one grid cannot cross with the seeds, and each run has its evaluations
     with ThreadPoolExecutor(max_workers=at_once) as pool:
-        futures = [pool.submit(execute, job, env) for job in jobs]
+        futures = [pool.submit(execute, job, env, children) for job in jobs]
     wall_s, launches = add_launch(out, time.perf_counter() - start)
+    if children.signum is not None:
+        name = signal.Signals(children.signum).name
+        print(f"error: stopped by {name}, every run resumable: run the same command again to continue", file=sys.stderr)
+        return 128 + children.signum
     failed = [str(f.exception()) for f in futures if f.exception() is not None]
     if failed:
         for message in failed:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,7 @@ from scipy import stats
 
 from scripts import reproduce
 from tests.conftest import compose_cfg
+from tests.process_helpers import PAUSE_MARKER
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "reproduce.py"
@@ -119,6 +122,32 @@ def test_unknown_variant_is_refused_before_anything_runs(tmp_path: Path) -> None
     done = run_script("beta_vae", tmp_path)
     assert done.returncode == 2 and "invalid choice" in done.stderr
     assert not any(tmp_path.iterdir())
+
+
+def test_a_signal_stops_the_running_run_resumable_and_starts_no_other(tmp_path: Path) -> None:
+    # one job at a time; the first run waits at its second training step, where the command is sent SIGTERM
+    out = tmp_path / "out"
+    marker = tmp_path / PAUSE_MARKER
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
+    env.update(PAUSE_AT="step:1", PAUSE_MARKER=str(marker))
+    script = ROOT / "tests" / "paused_reproduce.py"
+    command = [sys.executable, str(script), "rho_vae", "--scale", "smoke", "--out", str(out), "--jobs", "1"]
+    pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
+    with subprocess.Popen(command, cwd=ROOT, env=env, text=True, **pipes) as parent:
+        deadline = time.monotonic() + 240
+        while not marker.exists():
+            assert parent.poll() is None and time.monotonic() < deadline, parent.communicate()
+            time.sleep(0.01)
+        parent.send_signal(signal.SIGTERM)  # to the command only: its runs are in sessions of their own
+        _, stderr = parent.communicate(timeout=240)
+    assert parent.returncode == 143
+    assert stderr == "error: stopped by SIGTERM, every run resumable: run the same command again to continue\n"
+    run = out / "runs" / "mlp" / "diagonal" / "seed0"
+    assert [p for p in (out / "runs").glob("*/*/seed*") if p.is_dir()] == [run]  # no other run started
+    assert "stopped by SIGTERM; resume with:" in (run.parent / "seed0.log").read_text()  # passed on, and heeded
+    assert not (run / "metrics.json").exists() and not (out / "results.json").exists()
+    assert json.loads((run / "reproduce_wall.json").read_text())["wall_s"] > 0
+    assert json.loads((out / "reproduce_wall.json").read_text())["launches"] == 1
 
 
 def test_a_scale_the_variant_lacks_is_refused_in_one_line(tmp_path: Path) -> None:
