@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -16,7 +15,7 @@ from scipy import stats
 
 from scripts import reproduce
 from tests.conftest import compose_cfg
-from tests.process_helpers import PAUSE_MARKER
+from tests.process_helpers import PAUSE_MARKER, signal_when
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "reproduce.py"
@@ -132,15 +131,12 @@ def test_a_signal_stops_the_running_run_resumable_and_starts_no_other(tmp_path: 
     env.update(PAUSE_AT="step:1", PAUSE_MARKER=str(marker))
     script = ROOT / "tests" / "paused_reproduce.py"
     command = [sys.executable, str(script), "rho_vae", "--scale", "smoke", "--out", str(out), "--jobs", "1"]
-    pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
-    with subprocess.Popen(command, cwd=ROOT, env=env, text=True, **pipes) as parent:
-        deadline = time.monotonic() + 240
-        while not marker.exists():
-            assert parent.poll() is None and time.monotonic() < deadline, parent.communicate()
-            time.sleep(0.01)
-        parent.send_signal(signal.SIGTERM)  # to the command only: its runs are in sessions of their own
-        _, stderr = parent.communicate(timeout=240)
-    assert parent.returncode == 143
+    log, errors = tmp_path / "reproduce.log", tmp_path / "reproduce.err"
+    with log.open("wb") as stdout, errors.open("wb") as stderr:
+        parent = subprocess.Popen(command, cwd=ROOT, env=env, stdout=stdout, stderr=stderr)
+    # to the command only: its runs are in sessions of their own
+    assert signal_when(parent, marker.is_file, signal.SIGTERM, log) == 143
+    stderr = errors.read_text()
     assert stderr == "error: stopped by SIGTERM, every run resumable: run the same command again to continue\n"
     run = out / "runs" / "mlp" / "diagonal" / "seed0"
     assert [p for p in (out / "runs").glob("*/*/seed*") if p.is_dir()] == [run]  # no other run started
