@@ -12,7 +12,8 @@ settle) and ``gpu`` (the paper's protocol on one GPU). Each (table, arm, seed) i
 ``python -m vae_experiments.train`` process with its own run folder, ``--jobs`` of them at once (each with
 max(1, cores // jobs) torch threads unless OMP_NUM_THREADS is set); a finished run (its folder holds
 ``metrics.json``) is not run again, so a re-launch completes what was left. SIGTERM or SIGINT (Ctrl-C) stops the
-command with every run resumable (``Children``): a protocol of hours can run in pieces. Per table, as the spec asks:
+command with every run resumable (``Children``; a run stopped while testing continues after its last test batch):
+a protocol of hours can run in pieces. Per table, as the spec asks:
 
 * ``nll_k``: the NLL of each run's last checkpoint at each k (``vae_experiments.evaluate`` with
   ``eval.nll_samples=k`` and the run's seed; at the run's own k, the run's own test NLL), the curve over k that

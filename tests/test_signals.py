@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import shutil
 import signal
 from pathlib import Path
 
@@ -25,6 +26,8 @@ from process_helpers import (
     wait_until,
 )
 
+from vae_experiments import evaluate as evaluate_mod
+from vae_experiments.callbacks.test_progress import TEST_PROGRESS
 from vae_experiments.train import train
 
 
@@ -56,19 +59,44 @@ def test_signal_mid_training_stops_resumably(make_cfg, tmp_path: Path, monkeypat
     assert_same_run(resumed, json.loads(json.dumps(uninterrupted)), run, tmp_path / "a")
 
 
-def test_sigterm_while_testing_writes_no_metrics_and_resumes(make_cfg, tmp_path: Path, monkeypatch, capsys) -> None:
-    """SIGTERM while the test loop runs (its first batch waits for the signal): exit 143 and no metrics.json; the resume
-    trains no more and tests again, to the uninterrupted run's metrics."""
-    args = TINY
+def test_sigterm_while_testing_writes_no_metrics_and_resumes_after_the_last_test_batch(
+    make_cfg, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    """SIGTERM while the test loop runs (its first batch waits for the signal, then finishes): exit 143, no
+    metrics.json, the test loop's progress after that batch; the resume trains no more and computes only the second
+    test batch, to the uninterrupted run's metrics. ``vae-eval`` continues that progress for the same weights and
+    settings, and starts over for another k."""
+    args = [*TINY, "dataset.eval_batch_size=100"]  # two test batches
     uninterrupted = train(make_cfg(*args, fast=False, out=tmp_path / "a"))
     run, log = tmp_path / "b", tmp_path / "b.log"
     child = start_cli([*args, f"hydra.run.dir={run}"], log, pause_at="test")
     assert signal_when(child, (tmp_path / PAUSE_MARKER).is_file, signal.SIGTERM, log) == 143
     assert torch.load(run / LAST, weights_only=True)["global_step"] == STEPS
     assert not (run / "metrics.json").exists()
-    assert launch(resume_command(log, signal.SIGTERM, run), monkeypatch, capsys)[0] == 0
+    assert torch.load(run / TEST_PROGRESS, weights_only=True)["batches"] == 1
+    for name in ("same", "other_k"):
+        (tmp_path / name).mkdir()
+        shutil.copy(run / TEST_PROGRESS, tmp_path / name / TEST_PROGRESS)
+
+    status, err = launch(resume_command(log, signal.SIGTERM, run), monkeypatch, capsys)
+    assert status == 0 and "test phase: continuing after 1 of 2 batches" in err
     resumed = json.loads((run / "metrics.json").read_text())
     assert_same_run(resumed, json.loads(json.dumps(uninterrupted)), run, tmp_path / "a")
+    assert not (run / TEST_PROGRESS).exists()
+
+    def evaluate(folder: str, k: int) -> tuple[dict, str]:
+        own = ["eval.nll_samples=8", "eval.elbo_samples=2", "eval.nll_max_rows=4096"]
+        argv = [f"ckpt_path={run / LAST}", f"hydra.run.dir={tmp_path / folder}", *own, f"eval.nll_samples={k}"]
+        status, err = launch(argv, monkeypatch, capsys, evaluate_mod.main)
+        assert status == 0
+        metrics = json.loads((tmp_path / folder / "metrics.json").read_text())
+        return {key: v for key, v in metrics.items() if key.startswith("test/")}, err
+
+    same, err = evaluate("same", 8)
+    assert "continuing after 1 of 2" in err and same == {k: v for k, v in resumed.items() if k.startswith("test/")}
+    other_k, err = evaluate("other_k", 16)
+    assert "continuing" not in err and other_k == evaluate("fresh", 16)[0]
+    assert other_k["test/nll"] != same["test/nll"]
 
 
 @pytest.mark.parametrize(

@@ -75,6 +75,7 @@ class VAEModule(L.LightningModule):
         self.test_means = nn.ModuleDict({k: MeanMetric() for k in TEST_KEYS})
         self.diagnostics = PosteriorDiagnostics(model.latent_dim)
         self.test_extras: dict[str, Any] = {}
+        self.test_batches_done = 0  # the test batches a continued test phase skips (``TestProgress``)
         # how the run computes what it reports (kl_estimator, decoder/receptive_field); set by train.build
         self.run_info: dict[str, str] = {}
         # the run config every checkpoint carries (``run_config.portable``); set by train.build
@@ -314,6 +315,8 @@ class VAEModule(L.LightningModule):
         self.objective.set_step(self.global_step)
 
     def test_step(self, batch: Tensor, batch_idx: int) -> None:
+        if batch_idx < self.test_batches_done:
+            return
         q = self.model.encode(batch)
         elbo, recon, kl = mean_elbo(self.model, batch, self.elbo_samples, self.nll_max_rows, q=q)
         log_px = importance_sampled_log_likelihood(self.model, batch, self.nll_samples, self.nll_max_rows, q=q)

@@ -9,9 +9,10 @@ from typing import Any
 
 import lightning as L
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from vae_experiments.atomic import write_text_atomically
+from vae_experiments.callbacks.test_progress import TestProgress
 from vae_experiments.metrics.evaluations import run_test_evaluations
 from vae_experiments.module import VAEModule
 from vae_experiments.resume import METRICS
@@ -36,14 +37,21 @@ def write_final_metrics(
     The test loop and the extra evaluations each start from ``seed``, so their draws (posterior samples, importance
     samples, FID's samples) depend on the weights only: not on the random state training left behind, nor on which
     callbacks drew images in between. ``vae-eval`` on a run's last checkpoint, with the run's seed, then reproduces
-    the run's test metrics exactly, and so does a run resumed after it was killed while testing. ``stop`` turns a
-    signal that came during the test call into ``Interrupted`` when it returns, before anything is written.
+    the run's test metrics exactly, and so does a run resumed after it was killed while testing: its test loop
+    continues after the last test batch it finished (``TestProgress``, its progress in ``out`` until metrics.json is
+    written); the extra evaluations start over. ``stop`` turns a signal that came during the test call into
+    ``Interrupted`` when it returns, before anything is written.
     """
     metrics = dict(known)
+    progress = TestProgress(out, {"eval": OmegaConf.to_container(eval_cfg, resolve=True), "seed": seed})
     if test:
         L.seed_everything(seed, workers=True, verbose=False)
-        with stop.trainer_call(trainer) if stop is not None else nullcontext():
-            trainer.test(module, datamodule=datamodule, verbose=False)
+        trainer.callbacks.append(progress)
+        try:
+            with stop.trainer_call(trainer) if stop is not None else nullcontext():
+                trainer.test(module, datamodule=datamodule, verbose=False)
+        finally:
+            trainer.callbacks.remove(progress)
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")})
         metrics.update(module.test_extras)
         if trainer.is_global_zero:
@@ -58,6 +66,8 @@ def write_final_metrics(
         publish_final_metrics(trainer, metrics)
         write_text_atomically(out / METRICS, json.dumps(metrics, indent=2, sort_keys=True))
         print_summary(metrics, out)
+    trainer.strategy.barrier()  # every rank's progress stays until metrics.json is written
+    progress.path(trainer).unlink(missing_ok=True)
     return metrics
 
 

@@ -5,7 +5,9 @@ state after the last epoch that was followed by the start of another (so the epo
 the one before it, are trained again), or the state after fitting when the signal came during the test phase; no
 ``metrics.json``. The partial epoch is not saved: a mid-epoch checkpoint would resume to other numbers than the
 uninterrupted run (the epoch's data iterator, its running training means and the logging cadence start over in a new
-process), while the state between epochs resumes exactly. The resumed run redoes the test phase."""
+process), while the state between epochs resumes exactly. During the test phase also ``test_progress.pt``: the test
+loop's means and random state after its last finished batch, from which the resumed run's test loop continues
+(``callbacks.test_progress``); the extra evaluations after it (FID, ...) start over."""
 
 from __future__ import annotations
 

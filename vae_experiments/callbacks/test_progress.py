@@ -1,0 +1,128 @@
+"""A test phase that continues where a stopped one left off, so that a run stopped while testing (an NLL at k = 1,000
+can test for hours) repeats at most the test batch that was running."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor
+from torchmetrics import Metric
+
+from vae_experiments.atomic import write_atomically
+from vae_experiments.callbacks.rng_state import RNGState
+
+TEST_PROGRESS = "test_progress.pt"
+
+
+class TestProgress(L.Callback):
+    """After every test batch, ``folder / TEST_PROGRESS`` (one file per rank under DDP) gets, atomically, the number of
+    batches done, the state of every torchmetrics ``Metric`` of the module (the test loop's running means) and the
+    random generators' states, under a key of all that decides the test's numbers: the weights, ``settings`` (the
+    eval settings and the seed), the data's options and the number of test batches.
+
+    A test phase that finds a file of its own key restores it, has the module skip the batches done
+    (``VAEModule.test_batches_done``) and restores the random state before the first batch it computes: its metrics
+    are the uninterrupted test's, bit for bit (the test data are fixed and their loader draws nothing between
+    batches). A file of another key (other weights, another k) is replaced. The caller removes the file once the
+    results are written (``report.write_final_metrics``): a stop before that, in the extra evaluations after the test
+    loop say, leaves it, and the next attempt skips the whole test loop.
+
+    By hand because Lightning resumes only its fit loop mid-epoch: its test loop starts over, and torchmetrics keeps
+    no count of updates in a metric's state.
+    """
+
+    __test__ = False  # not a pytest class, whatever its name
+
+    def __init__(self, folder: Path, settings: dict[str, Any]) -> None:
+        self.folder = folder
+        self.settings = settings
+        self.key = ""
+        self.done = 0
+        self._rng: dict[str, Any] | None = None
+
+    def path(self, trainer: L.Trainer) -> Path:
+        suffix = f".rank{trainer.global_rank}" if trainer.world_size > 1 else ""
+        return self.folder / f"{TEST_PROGRESS}{suffix}"
+
+    def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.key = progress_key(trainer, pl_module, self.settings)
+        self.done, self._rng = 0, None
+        path = self.path(trainer)
+        saved = torch.load(path, weights_only=True) if path.is_file() else None
+        if saved is None or saved["key"] != self.key:
+            return
+        for name, metric in metrics(pl_module).items():
+            load_metric_state(metric, saved["metrics"][name])
+        self.done, self._rng = saved["batches"], saved["rng"]
+        pl_module.test_batches_done = self.done
+        if trainer.is_global_zero:
+            batches = sum(trainer.num_test_batches)
+            print(f"test phase: continuing after {self.done} of {batches} batches, from {path}", file=sys.stderr)
+
+    def on_test_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        if self._rng is not None and batch_idx == self.done:
+            RNGState().load_state_dict(self._rng)
+            self._rng = None
+
+    def on_test_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        if batch_idx < self.done:
+            return
+        state = {
+            "key": self.key,
+            "batches": batch_idx + 1,
+            "metrics": {name: metric_state(m) for name, m in metrics(pl_module).items()},
+            "rng": RNGState().state_dict(),
+        }
+        write_atomically(self.path(trainer), lambda f: torch.save(state, f))
+
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        pl_module.test_batches_done = 0
+
+
+def metrics(module: L.LightningModule) -> dict[str, Metric]:
+    return {name: m for name, m in module.named_modules() if isinstance(m, Metric)}
+
+
+def metric_state(metric: Metric) -> dict[str, Any]:
+    return {"state": {k: _to_cpu(v) for k, v in metric.metric_state.items()}, "updates": metric.update_count}
+
+
+def load_metric_state(metric: Metric, saved: dict[str, Any]) -> None:
+    device = metric.device
+    for name, value in saved["state"].items():
+        setattr(metric, name, [v.to(device) for v in value] if isinstance(value, list) else value.to(device))
+    metric._update_count = saved["updates"]  # no public setter; ``update_called`` reads it
+    metric._computed = None
+
+
+def progress_key(trainer: L.Trainer, module: L.LightningModule, settings: dict[str, Any]) -> str:
+    """A digest of the weights (every tensor of the module's state, bytes as stored), ``settings``, the data's
+    options and the test batches per loader."""
+    digest = hashlib.sha256()
+    for name, tensor in module.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().reshape(-1).cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    data = dict(getattr(trainer.datamodule, "hparams", {}))
+    context = {"settings": settings, "data": data, "batches": list(trainer.num_test_batches)}
+    digest.update(json.dumps(context, sort_keys=True, default=str).encode())
+    return digest.hexdigest()
+
+
+def _to_cpu(value: Tensor | list[Tensor]) -> Tensor | list[Tensor]:
+    return [v.detach().cpu() for v in value] if isinstance(value, list) else value.detach().cpu()
