@@ -4,7 +4,8 @@
                                 [--dry-run]
 
 VARIANT is one of rho_vae, sos_vae, vlae, soft_intro_vae. ``scripts/reproduce_specs/VARIANT.yaml`` holds its tables
-(arms as ``vae-train`` overrides, the metrics shown, the paper's figures, the arms compared) and its scales (per table
+(arms as ``vae-train`` overrides with their relative ``cost``, which runs first; the metrics shown, the paper's figures,
+the arms compared) and its scales (per table
 the overrides of every arm, ``arm_overrides`` of one arm, and the evaluations below): ``smoke`` (about a minute, a check
 of the machinery), ``cpu`` (what a 2-core CPU does in about 45 minutes, its ``about`` saying what that settles and
 what it cannot), ``overnight`` where a spec has one (a CPU protocol of hours, for a claim the ``cpu`` budget cannot
@@ -204,7 +205,9 @@ def plan(spec: DictConfig, scale: DictConfig, out: Path) -> list[Job]:
                         grids,
                     )
                 )
-    return jobs
+    # the costliest arms first (an arm's relative ``cost`` in the spec, default 1; a stable sort): the last run to
+    # start has only its own threads while the other runs' cores fall idle, so it had better be a short one
+    return sorted(jobs, key=lambda job: -float(spec.tables[job.table].arms[job.arm].get("cost", 1)))
 
 
 def test_set_size(run: Path) -> tuple[int, int]:
