@@ -27,7 +27,7 @@ from process_helpers import (
 )
 
 from vae_experiments import evaluate as evaluate_mod
-from vae_experiments.callbacks.test_progress import TEST_PROGRESS
+from vae_experiments.callbacks.resumable_test import TEST_PROGRESS
 from vae_experiments.train import train
 
 

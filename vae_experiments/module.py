@@ -75,7 +75,7 @@ class VAEModule(L.LightningModule):
         self.test_means = nn.ModuleDict({k: MeanMetric() for k in TEST_KEYS})
         self.diagnostics = PosteriorDiagnostics(model.latent_dim)
         self.test_extras: dict[str, Any] = {}
-        self.test_batches_done = 0  # the test batches a continued test phase skips (``TestProgress``)
+        self.test_batches_done = 0  # the test batches a continued test phase skips (``ResumableTestLoop``)
         # how the run computes what it reports (kl_estimator, decoder/receptive_field); set by train.build
         self.run_info: dict[str, str] = {}
         # the run config every checkpoint carries (``run_config.portable``); set by train.build

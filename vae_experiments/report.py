@@ -12,7 +12,7 @@ from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
 from vae_experiments.atomic import write_text_atomically
-from vae_experiments.callbacks.test_progress import TestProgress
+from vae_experiments.callbacks.resumable_test import ResumableTestLoop
 from vae_experiments.metrics.evaluations import run_test_evaluations
 from vae_experiments.module import VAEModule
 from vae_experiments.resume import METRICS
@@ -38,12 +38,12 @@ def write_final_metrics(
     samples, FID's samples) depend on the weights only: not on the random state training left behind, nor on which
     callbacks drew images in between. ``vae-eval`` on a run's last checkpoint, with the run's seed, then reproduces
     the run's test metrics exactly, and so does a run resumed after it was killed while testing: its test loop
-    continues after the last test batch it finished (``TestProgress``, its progress in ``out`` until metrics.json is
-    written); the extra evaluations start over. ``stop`` turns a signal that came during the test call into
-    ``Interrupted`` when it returns, before anything is written.
+    continues after the last test batch it finished (``ResumableTestLoop``, its progress in ``out`` until
+    metrics.json is written); the extra evaluations start over. ``stop`` turns a signal that came during the test
+    call into ``Interrupted`` when it returns, before anything is written.
     """
     metrics = dict(known)
-    progress = TestProgress(out, {"eval": OmegaConf.to_container(eval_cfg, resolve=True), "seed": seed})
+    progress = ResumableTestLoop(out, {"eval": OmegaConf.to_container(eval_cfg, resolve=True), "seed": seed})
     if test:
         L.seed_everything(seed, workers=True, verbose=False)
         trainer.callbacks.append(progress)

@@ -20,7 +20,7 @@ from vae_experiments.callbacks.rng_state import RNGState
 TEST_PROGRESS = "test_progress.pt"
 
 
-class TestProgress(L.Callback):
+class ResumableTestLoop(L.Callback):
     """After every test batch, ``folder / TEST_PROGRESS`` (one file per rank under DDP) gets, atomically, the number of
     batches done, the state of every torchmetrics ``Metric`` of the module (the test loop's running means) and the
     random generators' states, under a key of all that decides the test's numbers: the weights, ``settings`` (the
@@ -36,8 +36,6 @@ class TestProgress(L.Callback):
     By hand because Lightning resumes only its fit loop mid-epoch: its test loop starts over, and torchmetrics keeps
     no count of updates in a metric's state.
     """
-
-    __test__ = False  # not a pytest class, whatever its name
 
     def __init__(self, folder: Path, settings: dict[str, Any]) -> None:
         self.folder = folder
