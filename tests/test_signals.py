@@ -65,7 +65,8 @@ def test_sigterm_while_testing_writes_no_metrics_and_resumes_after_the_last_test
     """SIGTERM while the test loop runs (its first batch waits for the signal, then finishes): exit 143, no
     metrics.json, the test loop's progress after that batch; the resume trains no more and computes only the second
     test batch, to the uninterrupted run's metrics. ``vae-eval`` continues that progress for the same weights and
-    settings, and starts over for another k."""
+    settings, also with a smaller ``eval.nll_max_rows`` (the same draws in smaller chunks, the same figures to float
+    rounding), and starts over for another k."""
     args = [*TINY, "dataset.eval_batch_size=100"]  # two test batches
     uninterrupted = train(make_cfg(*args, fast=False, out=tmp_path / "a"))
     run, log = tmp_path / "b", tmp_path / "b.log"
@@ -74,7 +75,7 @@ def test_sigterm_while_testing_writes_no_metrics_and_resumes_after_the_last_test
     assert torch.load(run / LAST, weights_only=True)["global_step"] == STEPS
     assert not (run / "metrics.json").exists()
     assert torch.load(run / TEST_PROGRESS, weights_only=True)["batches"] == 1
-    for name in ("same", "other_k"):
+    for name in ("same", "other_k", "fewer_rows"):
         (tmp_path / name).mkdir()
         shutil.copy(run / TEST_PROGRESS, tmp_path / name / TEST_PROGRESS)
 
@@ -84,8 +85,8 @@ def test_sigterm_while_testing_writes_no_metrics_and_resumes_after_the_last_test
     assert_same_run(resumed, json.loads(json.dumps(uninterrupted)), run, tmp_path / "a")
     assert not (run / TEST_PROGRESS).exists()
 
-    def evaluate(folder: str, k: int) -> tuple[dict, str]:
-        own = ["eval.nll_samples=8", "eval.elbo_samples=2", "eval.nll_max_rows=4096"]
+    def evaluate(folder: str, k: int, rows: int = 4096) -> tuple[dict, str]:
+        own = ["eval.nll_samples=8", "eval.elbo_samples=2", f"eval.nll_max_rows={rows}"]
         argv = [f"ckpt_path={run / LAST}", f"hydra.run.dir={tmp_path / folder}", *own, f"eval.nll_samples={k}"]
         status, err = launch(argv, monkeypatch, capsys, evaluate_mod.main)
         assert status == 0
@@ -94,6 +95,10 @@ def test_sigterm_while_testing_writes_no_metrics_and_resumes_after_the_last_test
 
     same, err = evaluate("same", 8)
     assert "continuing after 1 of 2" in err and same == {k: v for k, v in resumed.items() if k.startswith("test/")}
+    fewer_rows, err = evaluate("fewer_rows", 8, rows=1)  # one importance sample per chunk
+    assert "continuing after 1 of 2" in err and fewer_rows.keys() == same.keys()
+    for key, value in same.items():
+        assert fewer_rows[key] == (pytest.approx(value, rel=1e-6) if isinstance(value, float) else value), key
     other_k, err = evaluate("other_k", 16)
     assert "continuing" not in err and other_k == evaluate("fresh", 16)[0]
     assert other_k["test/nll"] != same["test/nll"]

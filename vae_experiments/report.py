@@ -43,7 +43,10 @@ def write_final_metrics(
     call into ``Interrupted`` when it returns, before anything is written.
     """
     metrics = dict(known)
-    progress = ResumableTestLoop(out, {"eval": OmegaConf.to_container(eval_cfg, resolve=True), "seed": seed})
+    settings = OmegaConf.to_container(eval_cfg, resolve=True)
+    # nll_max_rows batches the same k draws (a memory knob): a test stopped for memory continues with a smaller one
+    settings.pop("nll_max_rows", None)
+    progress = ResumableTestLoop(out, {"eval": settings, "seed": seed})
     if test:
         L.seed_everything(seed, workers=True, verbose=False)
         trainer.callbacks.append(progress)

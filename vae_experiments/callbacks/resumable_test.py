@@ -24,7 +24,8 @@ class ResumableTestLoop(L.Callback):
     """After every test batch, ``folder / TEST_PROGRESS`` (one file per rank under DDP) gets, atomically, the number of
     batches done, the state of every torchmetrics ``Metric`` of the module (the test loop's running means) and the
     random generators' states, under a key of all that decides the test's numbers: the weights, ``settings`` (the
-    eval settings and the seed), the data's options and the number of test batches.
+    eval settings and the seed; the caller leaves out ``nll_max_rows``, which only chunks the same draws), the data's
+    options and the number of test batches.
 
     A test phase that finds a file of its own key restores it, has the module skip the batches done
     (``VAEModule.test_batches_done``) and restores the random state before the first batch it computes: its metrics

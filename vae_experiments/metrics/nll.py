@@ -23,7 +23,7 @@ def importance_sampled_log_likelihood(
     ``log_likelihood`` where it has one. ``max_rows`` is the memory budget: the decoder's output and its log-density
     terms take ~3 x 4 bytes x ``max_rows`` x (values per example); 2,000-4,000 rows of 784 values (~10-40 MB) were
     the fastest on an idle 2-core machine, and 16,384 rows slower: larger chunks fall out of cache (BENCHMARKS.md,
-    Importance-sampled NLL).
+    Importance-sampled NLL). A convolutional decoder's rows carry whole feature maps: for VLAE's PixelCNN ~200 rows.
     ``q``: q(z|x) when the caller has it already. The estimator is a stochastic lower bound on log p(x) whose gap
     shrinks as k grows (it is the IWAE bound L_k).
     """
