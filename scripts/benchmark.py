@@ -26,7 +26,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from vae_experiments.bench.nll_speed import nll_speed, sampling_speed
+from vae_experiments.bench.nll_speed import chunk_sweep, nll_speed, sampling_speed
 from vae_experiments.bench.timing import matmul_gflops, median, peak_memory_mib
 from vae_experiments.bench.train_speed import compare, quiet_lightning, take_batches
 from vae_experiments.runtime import configure_runtime
@@ -43,6 +43,12 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--nll-images", type=int, default=1000, help="test images for the vectorised NLL")
     p.add_argument("--nll-k", type=int, default=None, help="importance samples (default: eval.nll_samples)")
     p.add_argument("--nll-loop-images", type=int, default=50, help="test images for the per-example reference loop")
+    p.add_argument(
+        "--nll-rows",
+        type=str,
+        default=None,
+        help="comma-separated eval.nll_max_rows values: time the NLL at each, interleaved (no loop)",
+    )
     p.add_argument("--sample-n", type=int, default=64, help="images per timed call of model.sample")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--out", type=Path, default=None, help="write the JSON here (else print it)")
@@ -121,7 +127,12 @@ def run(args: argparse.Namespace, overrides: list[str]) -> dict[str, Any]:
             images = test_images(datamodule, args.nll_images, device)
             batch = datamodule.eval_batch_size
             precision = str(cfg.trainer.get("precision", "32-true"))
-            result["nll"] = nll_speed(model, images, k, cfg.eval.nll_max_rows, batch, args.nll_loop_images, precision)
+            if args.nll_rows:
+                rows = [int(r) for r in args.nll_rows.split(",")]
+                result["nll_chunks"] = chunk_sweep(model, images, k, rows, batch, args.rounds)
+            else:
+                loop = args.nll_loop_images
+                result["nll"] = nll_speed(model, images, k, cfg.eval.nll_max_rows, batch, loop, precision)
         if not model.autoregressive or args.sample_n <= 16:
             result["sampling"] = sampling_speed(model, args.sample_n)
         result["peak_memory"] = peak_memory_mib(device)
@@ -161,6 +172,13 @@ def summary(result: dict[str, Any]) -> str:
             f"NLL {n['vectorised']['nll']:.3f}, difference {n['mean_difference_nats']:+.4f} "
             f"+- {n['difference_standard_error_nats']:.4f} nats"
         )
+    if "nll_chunks" in result:
+        c = result["nll_chunks"]
+        sizes = ", ".join(
+            f"{r}: {s:.2f} s (max diff {c['max_abs_difference_nats'][r]:.1e})"
+            for r, s in c["seconds_per_1000_images"].items()
+        )
+        lines.append(f"NLL k={c['k']} per 1000 images by eval.nll_max_rows: {sizes}")
     if "sampling" in result:
         lines.append(f"sampling {result['sampling']['n']} images: {result['sampling']['median_s'] * 1e3:.1f} ms")
     lines.append(f"peak memory {result['peak_memory']}")

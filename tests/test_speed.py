@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from tests.test_nets import part
-from vae_experiments.bench.nll_speed import per_example_log_likelihood
+from vae_experiments.bench.nll_speed import chunk_sweep, per_example_log_likelihood
 from vae_experiments.data.device import DeviceBatches
 from vae_experiments.data.memory import InMemoryDataset
 from vae_experiments.metrics.nll import importance_sampled_log_likelihood
@@ -78,6 +78,19 @@ def test_chunked_nll_agrees_with_per_example_loop_within_monte_carlo_error() -> 
     se = diff.std() / math.sqrt(len(diff))
     assert abs(diff.mean()) < 4 * se + 1e-3
     assert fast.shape == (24,) and torch.isfinite(fast).all()
+
+
+def test_chunk_size_keeps_the_cpu_draws_so_the_estimate_agrees_to_rounding() -> None:
+    """``eval.nll_max_rows`` only batches the draws: with chunks of whole 16-number blocks (2 samples x 24 images x 3
+    dimensions = 144 normal numbers) the estimates equal one pass's to float rounding, where fresh draws would move
+    them by Monte-Carlo error (~0.1 nats at k = 40); the benchmark's sweep reports the same."""
+    torch.manual_seed(1)
+    model = tiny_model().eval()
+    x = torch.bernoulli(torch.rand(24, 1, 8, 8))
+    sweep = chunk_sweep(model, x, 40, [10**6, 48, 24], batch_size=24, rounds=1)
+    assert sweep["max_abs_difference_nats"][48] < 1e-4
+    assert sweep["max_abs_difference_nats"][24] > 1e-2  # 1-sample chunks of 72 numbers: other draws
+    assert set(sweep["seconds_per_1000_images"]) == {10**6, 48, 24}
 
 
 def test_running_means_weight_by_batch_and_follow_changing_keys() -> None:

@@ -72,6 +72,38 @@ def nll_speed(
     }
 
 
+@torch.inference_mode()
+def chunk_sweep(
+    model: VAE, images: Tensor, k: int, rows: list[int], batch_size: int, rounds: int = 3
+) -> dict[str, Any]:
+    """Seconds per 1,000 images of the estimator at each chunk size (``eval.nll_max_rows``), the sizes interleaved
+    within every round (median over rounds), each from the same seed, and the largest difference of each size's
+    estimates from the first size's: on the CPU the same draws in other chunks, so only float rounding."""
+    model.eval()
+    device = images.device
+    importance_sampled_log_likelihood(model, images[:2], min(k, 8), rows[0])  # first-call set-up, untimed
+    times: dict[int, list[float]] = {r: [] for r in rows}
+    estimates: dict[int, Tensor] = {}
+    for _ in range(rounds):
+        for r in rows:
+            torch.manual_seed(0)
+            start = clock(device)
+            estimates[r] = torch.cat(
+                [importance_sampled_log_likelihood(model, x, k, r) for x in images.split(batch_size)]
+            )
+            times[r].append(clock(device) - start)
+    n = images.shape[0]
+    return {
+        "k": k,
+        "images": n,
+        "batch_size": batch_size,
+        "rounds": rounds,
+        "seconds_per_1000_images": {r: 1000 * median(t) / n for r, t in times.items()},
+        "per_round": {r: [1000 * s / n for s in t] for r, t in times.items()},
+        "max_abs_difference_nats": {r: float((estimates[r] - estimates[rows[0]]).abs().max()) for r in rows},
+    }
+
+
 def sampling_speed(model: VAE, n: int, repeats: int = 3) -> dict[str, Any]:
     model.eval()
     device = next(model.parameters()).device
