@@ -30,9 +30,9 @@ class ResumableTestLoop(L.Callback):
     A test phase that finds a file of its own key restores it, has the module skip the batches done
     (``VAEModule.test_batches_done``) and restores the random state before the first batch it computes: its metrics
     are the uninterrupted test's, bit for bit (the test data are fixed and their loader draws nothing between
-    batches). A file of another key (other weights, another k) is replaced. The caller removes the file once the
-    results are written (``report.write_final_metrics``): a stop before that, in the extra evaluations after the test
-    loop say, leaves it, and the next attempt skips the whole test loop.
+    batches). A file of another key (other weights, another k) is replaced, after a line that names what differs.
+    The caller removes the file once the results are written (``report.write_final_metrics``): a stop before that, in
+    the extra evaluations after the test loop say, leaves it, and the next attempt skips the whole test loop.
 
     By hand because Lightning resumes only its fit loop mid-epoch: its test loop starts over, and torchmetrics keeps
     no count of updates in a metric's state.
@@ -41,7 +41,7 @@ class ResumableTestLoop(L.Callback):
     def __init__(self, folder: Path, settings: dict[str, Any]) -> None:
         self.folder = folder
         self.settings = settings
-        self.key = ""
+        self.key: tuple[str, str] = ("", "")
         self.done = 0
         self._rng: dict[str, Any] | None = None
 
@@ -54,7 +54,15 @@ class ResumableTestLoop(L.Callback):
         self.done, self._rng = 0, None
         path = self.path(trainer)
         saved = torch.load(path, weights_only=True) if path.is_file() else None
-        if saved is None or saved["key"] != self.key:
+        if saved is None:
+            return
+        if (saved.get("weights"), saved.get("context")) != self.key:
+            if trainer.is_global_zero:
+                print(
+                    f"test phase: {path} holds {saved['batches']} batches of {_what_differs(saved, *self.key)}; "
+                    "starting over (the file is replaced after the first batch)",
+                    file=sys.stderr,
+                )
             return
         for name, metric in metrics(pl_module).items():
             load_metric_state(metric, saved["metrics"][name])
@@ -83,7 +91,8 @@ class ResumableTestLoop(L.Callback):
         if batch_idx < self.done:
             return
         state = {
-            "key": self.key,
+            "weights": self.key[0],
+            "context": self.key[1],
             "batches": batch_idx + 1,
             "metrics": {name: metric_state(m) for name, m in metrics(pl_module).items()},
             "rng": RNGState().state_dict(),
@@ -110,17 +119,33 @@ def load_metric_state(metric: Metric, saved: dict[str, Any]) -> None:
     metric._computed = None
 
 
-def progress_key(trainer: L.Trainer, module: L.LightningModule, settings: dict[str, Any]) -> str:
-    """A digest of the weights (every tensor of the module's state, bytes as stored), ``settings``, the data's
-    options and the test batches per loader."""
+def progress_key(trainer: L.Trainer, module: L.LightningModule, settings: dict[str, Any]) -> tuple[str, str]:
+    """A digest of the weights (every tensor of the module's state, bytes as stored), and the JSON of ``settings``,
+    the data's options and the test batches per loader."""
     digest = hashlib.sha256()
     for name, tensor in module.state_dict().items():
         digest.update(name.encode())
         digest.update(tensor.detach().reshape(-1).cpu().contiguous().view(torch.uint8).numpy().tobytes())
     data = dict(getattr(trainer.datamodule, "hparams", {}))
-    context = {"settings": settings, "data": data, "batches": list(trainer.num_test_batches)}
-    digest.update(json.dumps(context, sort_keys=True, default=str).encode())
-    return digest.hexdigest()
+    context = {**settings, "data": data, "test_batches": list(trainer.num_test_batches)}
+    return digest.hexdigest(), json.dumps(context, sort_keys=True, default=str)
+
+
+def _what_differs(saved: dict[str, Any], weights: str, context: str) -> str:
+    """``other weights``, or the settings that differ (``eval.nll_samples 8 -> 16``), for the user to stop in time."""
+    if "context" not in saved:
+        return "an unknown test (a file of an earlier version)"
+    if saved["weights"] != weights:
+        return "other weights"
+    old, new = _leaves(json.loads(saved["context"])), _leaves(json.loads(context))
+    changes = [f"{k} {old.get(k)} -> {new.get(k)}" for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k)]
+    return "other settings: " + ", ".join(changes)
+
+
+def _leaves(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(tree, dict):
+        return {prefix.rstrip("."): tree}
+    return {name: leaf for key, sub in tree.items() for name, leaf in _leaves(sub, f"{prefix}{key}.").items()}
 
 
 def _to_cpu(value: Tensor | list[Tensor]) -> Tensor | list[Tensor]:
