@@ -101,7 +101,7 @@ def test_sigterm_while_testing_writes_no_metrics_and_resumes_after_the_last_test
         assert fewer_rows[key] == (pytest.approx(value, rel=1e-6) if isinstance(value, float) else value), key
     other_k, err = evaluate("other_k", 16)
     assert "continuing" not in err and other_k == evaluate("fresh", 16)[0]
-    assert "holds 1 batches of other settings: eval.nll_samples 8 -> 16; starting over" in err
+    assert "is the progress of other settings: eval.nll_samples 8 -> 16 (batches done: 1); starting over" in err
     assert other_k["test/nll"] != same["test/nll"]
 
 

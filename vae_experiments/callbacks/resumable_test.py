@@ -59,8 +59,8 @@ class ResumableTestLoop(L.Callback):
         if (saved.get("weights"), saved.get("context")) != self.key:
             if trainer.is_global_zero:
                 print(
-                    f"test phase: {path} holds {saved['batches']} batches of {_what_differs(saved, *self.key)}; "
-                    "starting over (the file is replaced after the first batch)",
+                    f"test phase: {path} is the progress of {_what_differs(saved, *self.key)} (batches done: "
+                    f"{saved['batches']}); starting over (the file is replaced after the first batch)",
                     file=sys.stderr,
                 )
             return
