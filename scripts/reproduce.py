@@ -29,7 +29,8 @@ Written to ``OUT`` (default ``outputs/reproduce/VARIANT-SCALE``): ``results.md``
 mean and 95% t interval over seeds of each metric with the paper's figure beside it, per compared pair the paired
 difference with its 95% interval and the paired t test's p ("not shown" when the interval contains 0), the number of
 test images and importance samples, and the wall time of each run and of the whole command (summed over the
-launches that filled ``OUT``).
+launches that filled ``OUT``; ``reproduce_wall.json`` files rewritten every 30 s, so a launch killed outright loses
+at most that much of its record).
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -51,6 +53,8 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
+
+from vae_experiments.atomic import write_text_atomically
 
 ROOT = Path(__file__).resolve().parents[1]
 SPECS = ROOT / "scripts" / "reproduce_specs"
@@ -153,22 +157,50 @@ class Children:
         return stdout
 
 
-def add_launch(out: Path, wall: float) -> tuple[float, int]:
-    """The wall time of the launches that filled ``out`` (this one's ``wall`` added) and their number: a re-launch
-    that completes a failed run reports what the whole table cost, not its own few minutes."""
-    path = out / WALL
-    before = json.loads(path.read_text()) if path.is_file() else {"wall_s": 0.0, "launches": 0}
-    total = {"wall_s": before["wall_s"] + wall, "launches": before["launches"] + 1}
-    path.write_text(json.dumps(total) + "\n")
-    return total["wall_s"], total["launches"]
+class WallClock:
+    """Adds the wall time spent inside it to ``path``'s ``wall_s`` (and, with ``count_launch``, one to its
+    ``launches``), rewriting the file atomically every ``every`` seconds from a thread and once more on the way out:
+    a re-launch that completes a stopped one reports what the whole table cost, and a command killed outright
+    (SIGKILL, a lost node) loses at most ``every`` seconds of its record, not the launch's hours."""
+
+    def __init__(self, path: Path, count_launch: bool = False, every: float = 30.0) -> None:
+        self.path, self.every = path, every
+        self.before: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {"wall_s": 0.0}
+        if count_launch:
+            self.before["launches"] = self.before.get("launches", 0) + 1
+        self.start = self.end = 0.0
+        self._stop = threading.Event()
+        self._ticker = threading.Thread(target=self._tick, daemon=True)
+
+    def __enter__(self) -> WallClock:
+        self.start = time.perf_counter()
+        self._ticker.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._ticker.join()
+        self.end = time.perf_counter()
+        self.record()
+
+    def total(self) -> dict[str, Any]:
+        """What the file holds: the launches before and this one, up to now (or its end, once it has ended)."""
+        return {**self.before, "wall_s": self.before["wall_s"] + (self.end or time.perf_counter()) - self.start}
+
+    def record(self) -> None:
+        if self.path.parent.is_dir():  # a run's folder appears once it starts
+            write_text_atomically(self.path, json.dumps(self.total()) + "\n")
+
+    def _tick(self) -> None:
+        while not self._stop.wait(self.every):
+            self.record()
 
 
 def execute(job: Job, env: dict[str, str], children: Children) -> None:
     """Train (unless finished), then the evaluations not yet on disk; the wall time of what ran now, finished or
     not, is added to ``WALL``."""
     log = job.folder.parent / f"{job.folder.name}.log"
-    start = time.perf_counter()
-    try:
+    with WallClock(job.folder / WALL):
         if not (job.folder / "metrics.json").is_file():
             children.run_logged(job.train_command(), log, env)
         for k in job.nll_k:
@@ -177,11 +209,6 @@ def execute(job: Job, env: dict[str, str], children: Children) -> None:
         if job.coherence_n is not None and not (job.folder / COHERENCE).is_file():
             lines = children.run_logged(job.coherence_command(), log, env).strip().splitlines()
             (job.folder / COHERENCE).write_text(lines[-1] + "\n")
-    finally:
-        if job.folder.is_dir():
-            path = job.folder / WALL
-            before = json.loads(path.read_text())["wall_s"] if path.is_file() else 0.0
-            path.write_text(json.dumps({"wall_s": before + time.perf_counter() - start}) + "\n")
 
 
 def plan(spec: DictConfig, scale: DictConfig, out: Path) -> list[Job]:
@@ -504,12 +531,13 @@ def main(argv: list[str] | None = None) -> int:
     children = Children()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, children.handle)
-    start = time.perf_counter()
+    out.mkdir(parents=True, exist_ok=True)
+    clock = WallClock(out / WALL, count_launch=True)
     # processes of our own rather than one `-m` grid (hydra/launcher=parallel): the arms differ by whole groups and
     # deletions (~objective.beta_neg), which one grid cannot cross with the seeds, and each run has its evaluations
-    with ThreadPoolExecutor(max_workers=at_once) as pool:
+    with clock, ThreadPoolExecutor(max_workers=at_once) as pool:
         futures = [pool.submit(execute, job, env, children) for job in jobs]
-    wall_s, launches = add_launch(out, time.perf_counter() - start)
+    wall_s, launches = clock.total()["wall_s"], clock.before["launches"]
     if children.signum is not None:
         name = signal.Signals(children.signum).name
         print(f"error: stopped by {name}, every run resumable: run the same command again to continue", file=sys.stderr)

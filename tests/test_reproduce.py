@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -144,6 +145,33 @@ def test_a_signal_stops_the_running_run_resumable_and_starts_no_other(tmp_path: 
     assert not (run / "metrics.json").exists() and not (out / "results.json").exists()
     assert json.loads((run / "reproduce_wall.json").read_text())["wall_s"] > 0
     assert json.loads((out / "reproduce_wall.json").read_text())["launches"] == 1
+
+
+def test_a_command_killed_outright_keeps_its_wall_time_but_the_last_tick(tmp_path: Path) -> None:
+    # SIGKILL runs no handler: what the file holds is what the clock's thread wrote before it
+    path = tmp_path / reproduce.WALL
+    path.write_text(json.dumps({"wall_s": 100.0, "launches": 2}))
+    code = (
+        "import sys, time; from scripts.reproduce import WallClock\n"
+        f"with WallClock(__import__('pathlib').Path({str(path)!r}), count_launch=True, every=0.1):\n"
+        "    print('started', flush=True); time.sleep(60)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    child = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
+    assert child.stdout is not None and child.stdout.readline() == "started\n"
+    time.sleep(1.5)
+    child.kill()
+    assert child.wait(timeout=30) == -signal.SIGKILL
+    record = json.loads(path.read_text())
+    assert record["launches"] == 3 and 101.0 <= record["wall_s"] <= 103.0
+
+
+def test_a_finished_clock_records_its_whole_time(tmp_path: Path) -> None:
+    path = tmp_path / reproduce.WALL
+    with reproduce.WallClock(path, every=3600) as clock:
+        time.sleep(0.2)
+    assert json.loads(path.read_text()) == clock.total() and 0.2 <= clock.total()["wall_s"] < 2.0
+    assert "launches" not in clock.total()
 
 
 def test_a_scale_the_variant_lacks_is_refused_in_one_line(tmp_path: Path) -> None:
