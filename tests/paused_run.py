@@ -1,7 +1,8 @@
 """``python -m vae_experiments.train ARGS`` that waits, at the point ``$PAUSE_AT`` names, until the run is signalled
 (at most four minutes), after writing the file ``$PAUSE_MARKER``: a test can then signal a run at that point,
-however loaded the machine. ``PAUSE_AT``: ``test`` (the first test batch) or ``step:N`` (the start of the training
-batch after N optimiser steps). Run as a script by ``process_helpers.start_cli(..., pause_at=...)``."""
+however loaded the machine. ``PAUSE_AT``: ``test`` (the first test batch), ``step:N`` (the start of the training
+batch after N optimiser steps) or ``fid`` (after the FID's first batch of generated images, saved; the Inception is
+``process_helpers.RandomProjection``). Run as a script by ``process_helpers.start_cli(..., pause_at=...)``."""
 
 from __future__ import annotations
 
@@ -11,11 +12,17 @@ import time
 from pathlib import Path
 from typing import Any
 
+from process_helpers import RandomProjection
+
 from vae_experiments import train
+from vae_experiments.callbacks.resumable_test import FIDProgress
+from vae_experiments.metrics import evaluations
+from vae_experiments.metrics.fid import RunningStats
 from vae_experiments.module import VAEModule
 
 test_step = VAEModule.test_step
 on_train_batch_start = VAEModule.on_train_batch_start
+fid_update = FIDProgress.update
 WHERE = os.environ.get("PAUSE_AT", "test")
 
 
@@ -38,9 +45,20 @@ def paused_train_batch_start(self: VAEModule, batch: Any, batch_idx: int) -> Non
     on_train_batch_start(self, batch, batch_idx)
 
 
+def paused_fid_update(self: FIDProgress, name: str, running: RunningStats, finished: bool) -> None:
+    fid_update(self, name, running, finished)
+    if name == "generated" and not finished:
+        Path(os.environ["PAUSE_MARKER"]).write_text(f"{WHERE}\n")
+        time.sleep(240)  # outside a Trainer call a signal stops the run at once: ``Interrupted`` is raised here
+
+
 if __name__ == "__main__":
     if WHERE == "test":
         VAEModule.test_step = paused_test_step
+    elif WHERE == "fid":
+        FIDProgress.every_s = 0.0  # saved after every batch
+        FIDProgress.update = paused_fid_update
+        evaluations.load_inception = lambda weights, device: RandomProjection(64)
     else:
         VAEModule.on_train_batch_start = paused_train_batch_start
     sys.argv[0] = "vae-train"

@@ -16,7 +16,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import torch
 from hydra.core.global_hydra import GlobalHydra
+from torch import nn
 
 from vae_experiments import train as train_mod
 from vae_experiments.train import CONFIG_DIR
@@ -45,9 +47,23 @@ PAUSE_MARKER = "paused"  # written by tests/paused_run.py into the log's folder
 TIMING = "train/images_per_sec"
 
 
+class RandomProjection(nn.Module):
+    """A cheap stand-in for the Inception (``compute_fid`` takes any module with ``out_features``)."""
+
+    out_features = 16
+
+    def __init__(self, pixels: int) -> None:
+        super().__init__()
+        self.proj = nn.Linear(pixels, self.out_features, bias=False)
+        nn.init.normal_(self.proj.weight, generator=torch.Generator().manual_seed(0))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x.flatten(1))
+
+
 def start_cli(args: list[str], log: Path, pause_at: str | None = None) -> subprocess.Popen[bytes]:
-    """``vae-train ARGS`` as a child process, its output in ``log``. ``pause_at`` (``test``, ``step:N``): the run
-    waits there until it is signalled, after writing ``log.parent / PAUSE_MARKER`` (``tests/paused_run.py``)."""
+    """``vae-train ARGS`` as a child process, its output in ``log``. ``pause_at`` (``test``, ``step:N``, ``fid``): the
+    run waits there until it is signalled, after writing ``log.parent / PAUSE_MARKER`` (``tests/paused_run.py``)."""
     marker = str(log.parent / PAUSE_MARKER)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "2", "PAUSE_MARKER": marker}
     entry = ["-m", TRAIN]

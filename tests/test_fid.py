@@ -11,6 +11,7 @@ import pytest
 import torch
 from scipy import linalg
 
+from vae_experiments.callbacks.resumable_test import FID_PROGRESS, FIDProgress
 from vae_experiments.errors import ConfigError
 from vae_experiments.metrics import fid as fid_mod
 from vae_experiments.metrics import inception as inc
@@ -164,6 +165,103 @@ def test_reference_stats_are_cached_and_reused_without_reading_the_reference(cac
     # a different key (split) is a miss
     compute_fid(make_generator(fake), loader, n_reference=30, reference_split="train", **kwargs)
     assert loader.iterations == 2
+
+
+class Stop(Exception):
+    """A run stopped mid-computation."""
+
+
+class Drawing:
+    """``generate(k)``: ``k`` images from the global torch generator, their sizes recorded; raises ``Stop`` at the
+    call ``stop_at`` (0-based)."""
+
+    def __init__(self, stop_at: int | None = None) -> None:
+        self.sizes: list[int] = []
+        self.stop_at = stop_at
+
+    def __call__(self, k: int) -> torch.Tensor:
+        if len(self.sizes) == self.stop_at:
+            raise Stop
+        self.sizes.append(k)
+        return torch.rand(k, 1, 4, 4)
+
+
+class StoppingLoader(CountingLoader):
+    """Reference batches that stop after ``batches`` of them (``None``: never), counting the images yielded."""
+
+    def __init__(self, images: torch.Tensor, batch_size: int, batches: int | None = None) -> None:
+        super().__init__(images, batch_size)
+        self.batches, self.yielded = batches, 0
+
+    def __iter__(self):
+        for i, batch in enumerate(super().__iter__()):
+            if i == self.batches:
+                raise Stop
+            self.yielded += batch[0].shape[0]
+            yield batch
+
+
+@pytest.fixture
+def resumable(tmp_path, monkeypatch):
+    """``fid(generate, reference, key)``: a 26-image FID of a stand-in extractor, saved after every batch under
+    weights ``key``; and the rows the extractor saw."""
+    monkeypatch.setattr(FIDProgress, "every_s", 0.0)
+    extractor = MeanFeatures(16)
+    rows: list[int] = []
+    extractor.register_forward_hook(lambda module, args, out: rows.append(args[0].shape[0]))
+
+    def fid(generate: Drawing, reference: CountingLoader, key: str = "w") -> float:
+        progress = FIDProgress(tmp_path / FID_PROGRESS, key, "{}")
+        kwargs = dict(n=26, batch_size=8, model_mode="eval", inception=extractor, image_shape=(1, 4, 4))
+        return compute_fid(generate, reference, progress=progress, **kwargs).value
+
+    return fid, rows
+
+
+def test_a_stopped_fid_continues_after_the_generated_images_it_saved_to_the_same_value(resumable, capsys):
+    fid, rows = resumable
+    real = torch.rand(30, 1, 4, 4)
+    torch.manual_seed(0)
+    whole = fid(Drawing(), StoppingLoader(real, 7), key="another run")
+    torch.manual_seed(0)
+    with pytest.raises(Stop):
+        fid(Drawing(stop_at=2), StoppingLoader(real, 7))
+    torch.manual_seed(1)  # the file's random state, not this one, draws the remaining images
+    rows.clear()
+    rest = Drawing()
+    assert fid(rest, StoppingLoader(real, 7)) == whole
+    assert rest.sizes == [8, 2] and sum(rows) == 10 + 26  # images 16-25, then the reference
+    assert "FID: continuing the generated images after 16" in capsys.readouterr().err
+
+
+def test_a_stopped_fid_continues_after_the_reference_images_it_saved(resumable, capsys):
+    fid, rows = resumable
+    real = torch.rand(30, 1, 4, 4)
+    torch.manual_seed(0)
+    whole = fid(Drawing(), StoppingLoader(real, 7), key="another run")
+    torch.manual_seed(0)
+    with pytest.raises(Stop):
+        fid(Drawing(), StoppingLoader(real, 7, batches=2))
+    torch.manual_seed(1)
+    rows.clear()
+    rest, reference = Drawing(), StoppingLoader(real, 7)
+    assert fid(rest, reference) == whole
+    assert rest.sizes == [] and sum(rows) == 26 - 14 and reference.yielded == 28  # 4 batches read
+    assert "continuing the reference images after 14" in capsys.readouterr().err
+
+
+def test_a_saved_fid_of_other_weights_is_named_and_started_over(resumable, capsys):
+    fid, _ = resumable
+    real = torch.rand(30, 1, 4, 4)
+    torch.manual_seed(0)
+    with pytest.raises(Stop):
+        fid(Drawing(stop_at=2), StoppingLoader(real, 7), key="w")
+    torch.manual_seed(0)
+    first = fid(Drawing(), StoppingLoader(real, 7), key="w2")
+    err = capsys.readouterr().err
+    assert "is the progress of other weights; starting over" in err and "continuing" not in err
+    torch.manual_seed(0)
+    assert fid(Drawing(), StoppingLoader(real, 7), key="w3") == first
 
 
 def test_reference_stats_can_be_given_precomputed():

@@ -19,6 +19,7 @@ from process_helpers import (
     PAUSE_MARKER,
     STEPS,
     TINY,
+    RandomProjection,
     assert_same_run,
     launch,
     signal_when,
@@ -27,7 +28,8 @@ from process_helpers import (
 )
 
 from vae_experiments import evaluate as evaluate_mod
-from vae_experiments.callbacks.resumable_test import TEST_PROGRESS
+from vae_experiments.callbacks.resumable_test import FID_PROGRESS, TEST_PROGRESS
+from vae_experiments.metrics import evaluations
 from vae_experiments.train import train
 
 
@@ -103,6 +105,34 @@ def test_sigterm_while_testing_writes_no_metrics_and_resumes_after_the_last_test
     assert "continuing" not in err and other_k == evaluate("fresh", 16)[0]
     assert "is the progress of other settings: eval.nll_samples 8 -> 16 (batches done: 1); starting over" in err
     assert other_k["test/nll"] != same["test/nll"]
+
+
+def test_sigterm_during_the_fid_resumes_it_after_the_images_it_saved(
+    make_cfg, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    """SIGTERM while the FID after the test loop runs (the run waits after its first batch of generated images,
+    saved): exit 143, no metrics.json, ``fid_progress.pt`` holding those images; the resumed run generates only the
+    remaining ones and ends with the uninterrupted run's metrics, the FID's included."""
+    monkeypatch.setenv("VAE_EXPERIMENTS_CACHE", str(tmp_path / "cache"))  # the reference statistics
+    monkeypatch.setattr(evaluations, "load_inception", lambda weights, device: RandomProjection(64))
+    args = [*TINY, "eval.fid.enabled=true", "eval.fid.n=40", "eval.fid.batch_size=10"]
+    uninterrupted = train(make_cfg(*args, fast=False, out=tmp_path / "a"))
+    monkeypatch.setenv("VAE_EXPERIMENTS_CACHE", str(tmp_path / "cache_b"))  # computed again, as in the first run
+    run, log = tmp_path / "b", tmp_path / "b.log"
+    child = start_cli([*args, f"hydra.run.dir={run}"], log, pause_at="fid")
+    assert signal_when(child, (tmp_path / PAUSE_MARKER).is_file, signal.SIGTERM, log) == 143
+    assert not (run / "metrics.json").exists()
+    saved = torch.load(run / FID_PROGRESS, weights_only=True)["sets"]
+    assert list(saved) == ["generated"] and saved["generated"]["n"] == 10 and not saved["generated"]["finished"]
+    drawn: list[int] = []
+    sample = evaluations.VAE.sample
+    monkeypatch.setattr(evaluations.VAE, "sample", lambda self, k: drawn.append(k) or sample(self, k))
+    status, err = launch(resume_command(log, signal.SIGTERM, run), monkeypatch, capsys)
+    assert status == 0 and "FID: continuing the generated images after 10" in err
+    assert drawn == [10, 10, 10]  # images 10 to 39
+    resumed = json.loads((run / "metrics.json").read_text())
+    assert_same_run(resumed, json.loads(json.dumps(uninterrupted)), run, tmp_path / "a")
+    assert resumed["test/fid_n_generated"] == 40 and not (run / FID_PROGRESS).exists()
 
 
 @pytest.mark.parametrize(

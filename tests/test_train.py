@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from omegaconf import DictConfig, OmegaConf
-from torch import nn
+from process_helpers import RandomProjection
 
 from vae_experiments.errors import ConfigError
 from vae_experiments.evaluate import evaluate
@@ -74,20 +74,6 @@ TOY2D = [
 
 
 FID = ["eval.fid.enabled=true", "eval.fid.n=64", "eval.fid.batch_size=32"]
-
-
-class RandomProjection(nn.Module):
-    """A cheap stand-in for the Inception (``compute_fid`` takes any module with ``out_features``)."""
-
-    out_features = 16
-
-    def __init__(self, pixels: int) -> None:
-        super().__init__()
-        self.proj = nn.Linear(pixels, self.out_features, bias=False)
-        nn.init.normal_(self.proj.weight, generator=torch.Generator().manual_seed(0))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(x.flatten(1))
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,7 @@ from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
 from vae_experiments.atomic import write_text_atomically
-from vae_experiments.callbacks.resumable_test import ResumableTestLoop
+from vae_experiments.callbacks.resumable_test import FID_PROGRESS, FIDProgress, ResumableTestLoop, weights_digest
 from vae_experiments.metrics.evaluations import run_test_evaluations
 from vae_experiments.module import VAEModule
 from vae_experiments.resume import METRICS
@@ -39,8 +39,9 @@ def write_final_metrics(
     callbacks drew images in between. ``vae-eval`` on a run's last checkpoint, with the run's seed, then reproduces
     the run's test metrics exactly, and so does a run resumed after it was killed while testing: its test loop
     continues after the last test batch it finished (``ResumableTestLoop``, its progress in ``out`` until
-    metrics.json is written); the extra evaluations start over. ``stop`` turns a signal that came during the test
-    call into ``Interrupted`` when it returns, before anything is written.
+    metrics.json is written), and its FID after the last images it saved (``FIDProgress``: at most a minute of it
+    is computed again). ``stop`` turns a signal that came during the test call into ``Interrupted`` when it returns,
+    before anything is written.
     """
     metrics = dict(known)
     settings = OmegaConf.to_container(eval_cfg, resolve=True)
@@ -59,7 +60,11 @@ def write_final_metrics(
         metrics.update(module.test_extras)
         if trainer.is_global_zero:
             L.seed_everything(seed, workers=True, verbose=False)
-            extra = run_test_evaluations(eval_cfg, module.model, datamodule)
+            context = {"eval": settings, "seed": seed, "data": dict(getattr(datamodule, "hparams", {}))}
+            key = json.dumps(context, sort_keys=True, default=str)
+            extra = run_test_evaluations(
+                eval_cfg, module.model, datamodule, FIDProgress(out / FID_PROGRESS, weights_digest(module), key)
+            )
             scalars = {k: v for k, v in extra.items() if isinstance(v, float)}
             for logger in trainer.loggers:
                 logger.log_metrics(scalars, step=trainer.global_step)
@@ -71,6 +76,8 @@ def write_final_metrics(
         print_summary(metrics, out)
     trainer.strategy.barrier()  # every rank's progress stays until metrics.json is written
     progress.path(trainer).unlink(missing_ok=True)
+    if trainer.is_global_zero:
+        (out / FID_PROGRESS).unlink(missing_ok=True)
     return metrics
 
 

@@ -7,7 +7,8 @@ the one before it, are trained again), or the state after fitting when the signa
 uninterrupted run (the epoch's data iterator, its running training means and the logging cadence start over in a new
 process), while the state between epochs resumes exactly. During the test phase also ``test_progress.pt``: the test
 loop's means and random state after its last finished batch, from which the resumed run's test loop continues
-(``callbacks.resumable_test``); the extra evaluations after it (FID, ...) start over."""
+(``callbacks.resumable_test``); during the FID after it, ``fid_progress.pt``: its feature statistics as they stood
+at most a minute before, from which the resumed run's FID continues."""
 
 from __future__ import annotations
 

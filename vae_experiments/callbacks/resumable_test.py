@@ -1,23 +1,27 @@
 """A test phase that continues where a stopped one left off, so that a run stopped while testing (an NLL at k = 1,000
-can test for hours) repeats at most the test batch that was running."""
+can test for hours) repeats at most the test batch that was running, and a stopped FID (10,000 Inception passes take
+half an hour on a CPU) at most its last minute."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torchmetrics import Metric
 
 from vae_experiments.atomic import write_atomically
 from vae_experiments.callbacks.rng_state import RNGState
+from vae_experiments.metrics.fid import RunningStats
 
 TEST_PROGRESS = "test_progress.pt"
+FID_PROGRESS = "fid_progress.pt"
 
 
 class ResumableTestLoop(L.Callback):
@@ -120,15 +124,78 @@ def load_metric_state(metric: Metric, saved: dict[str, Any]) -> None:
 
 
 def progress_key(trainer: L.Trainer, module: L.LightningModule, settings: dict[str, Any]) -> tuple[str, str]:
-    """A digest of the weights (every tensor of the module's state, bytes as stored), and the JSON of ``settings``,
-    the data's options and the test batches per loader."""
+    """A digest of the weights, and the JSON of ``settings``, the data's options and the test batches per loader."""
+    data = dict(getattr(trainer.datamodule, "hparams", {}))
+    context = {**settings, "data": data, "test_batches": list(trainer.num_test_batches)}
+    return weights_digest(module), json.dumps(context, sort_keys=True, default=str)
+
+
+def weights_digest(module: nn.Module) -> str:
+    """SHA-256 of every tensor of the module's state (names and bytes as stored)."""
     digest = hashlib.sha256()
     for name, tensor in module.state_dict().items():
         digest.update(name.encode())
         digest.update(tensor.detach().reshape(-1).cpu().contiguous().view(torch.uint8).numpy().tobytes())
-    data = dict(getattr(trainer.datamodule, "hparams", {}))
-    context = {**settings, "data": data, "test_batches": list(trainer.num_test_batches)}
-    return digest.hexdigest(), json.dumps(context, sort_keys=True, default=str)
+    return digest.hexdigest()
+
+
+class FIDProgress:
+    """A stopped FID computation's place (``metrics.fid.Progress``): ``path`` gets, atomically, each feature set's
+    running statistics (count, mean, centred sum of squares) and the random generators' state, under ``weights`` (a
+    digest) and ``context`` (the settings' JSON), when a set is finished and otherwise at most every ``every_s``
+    seconds: 2,048 features make a 34 MB file, too much to write after every batch. A file of another key is
+    replaced, after a line that names what differs. The caller removes the file once the results are written.
+
+    By hand because torchmetrics' FID, whose sums are metric states, would still leave the sampler's random state
+    and the batches done to be saved, and it has no public way to restore a reference set's statistics."""
+
+    every_s = 60.0
+
+    def __init__(self, path: Path, weights: str, context: str) -> None:
+        self.path, self.weights, self.context = path, weights, context
+        self._sets: dict[str, RunningStats] = {}
+        self._finished: set[str] = set()
+        self._saved: dict[str, Any] | None = None
+        self._saved_at = time.monotonic()
+
+    def restore(self, name: str, running: RunningStats) -> int:
+        self._sets[name] = running
+        entry = self._read()["sets"].get(name)
+        if entry is None or entry["n"] == 0:
+            return 0
+        running.n = entry["n"]
+        running.mean.copy_(entry["mean"])
+        running.m2.copy_(entry["m2"])
+        if entry["finished"]:
+            self._finished.add(name)
+        else:  # the set that was running when the file was written: its random state is the file's
+            RNGState().load_state_dict(self._read()["rng"])
+        print(f"FID: continuing the {name} images after {running.n}, from {self.path}", file=sys.stderr)
+        return running.n
+
+    def update(self, name: str, running: RunningStats, finished: bool) -> None:
+        self._sets[name] = running
+        if finished:
+            self._finished.add(name)
+        if finished or time.monotonic() - self._saved_at >= self.every_s:
+            sets = {
+                key: {"n": r.n, "mean": r.mean.cpu(), "m2": r.m2.cpu(), "finished": key in self._finished}
+                for key, r in self._sets.items()
+            }
+            state = {"weights": self.weights, "context": self.context, "sets": sets, "rng": RNGState().state_dict()}
+            write_atomically(self.path, lambda f: torch.save(state, f))
+            self._saved_at = time.monotonic()
+
+    def _read(self) -> dict[str, Any]:
+        if self._saved is None:
+            saved = torch.load(self.path, weights_only=True) if self.path.is_file() else None
+            self._saved = {"sets": {}}
+            if saved is not None and (saved.get("weights"), saved.get("context")) == (self.weights, self.context):
+                self._saved = saved
+            elif saved is not None:
+                what = _what_differs(saved, self.weights, self.context)
+                print(f"FID: {self.path} is the progress of {what}; starting over", file=sys.stderr)
+        return self._saved
 
 
 def _what_differs(saved: dict[str, Any], weights: str, context: str) -> str:

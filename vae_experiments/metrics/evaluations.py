@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
-from vae_experiments.metrics.fid import compute_fid
+from vae_experiments.metrics.fid import Progress, compute_fid
 from vae_experiments.metrics.inception import load_inception
 from vae_experiments.metrics.toy2d import toy2d_metrics
 from vae_experiments.model import VAE
@@ -28,8 +28,11 @@ def _points(loader: Any) -> torch.Tensor:
     return torch.cat([b[0] if isinstance(b, tuple | list) else b for b in loader])
 
 
-def run_test_evaluations(eval_cfg: DictConfig, model: VAE, datamodule: Any) -> dict[str, Any]:
-    """The enabled evaluations' flat results (``test/...`` values and the protocol beside them)."""
+def run_test_evaluations(
+    eval_cfg: DictConfig, model: VAE, datamodule: Any, fid_progress: Progress | None = None
+) -> dict[str, Any]:
+    """The enabled evaluations' flat results (``test/...`` values and the protocol beside them); the FID continues
+    from ``fid_progress`` (see ``compute_fid``)."""
     out: dict[str, Any] = {}
     device = next(model.parameters()).device
     toy = eval_cfg.get("toy2d")
@@ -43,11 +46,13 @@ def run_test_evaluations(eval_cfg: DictConfig, model: VAE, datamodule: Any) -> d
         )
     fid = eval_cfg.get("fid")
     if fid is not None and fid.enabled and len(model.data_shape) == 3:
-        out.update(fid_evaluation(fid, model, datamodule, device))
+        out.update(fid_evaluation(fid, model, datamodule, device, fid_progress))
     return out
 
 
-def fid_evaluation(fid: DictConfig, model: VAE, datamodule: Any, device: torch.device) -> dict[str, Any]:
+def fid_evaluation(
+    fid: DictConfig, model: VAE, datamodule: Any, device: torch.device, progress: Progress | None = None
+) -> dict[str, Any]:
     split = fid.reference_split
     datamodule.setup("test" if split == "test" else "fit")
     reference = getattr(datamodule, f"{split}_dataloader")()
@@ -66,6 +71,7 @@ def fid_evaluation(fid: DictConfig, model: VAE, datamodule: Any, device: torch.d
             n_reference=fid.n_reference,
             image_shape=tuple(model.data_shape),
             inception=load_inception(fid.weights, device),
+            progress=progress,
         )
     finally:
         model.train(was_training)

@@ -16,6 +16,7 @@ import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -102,6 +103,16 @@ class RunningStats:
         return FeatureStats(self.mean.cpu().numpy(), (self.m2 / (self.n - 1)).cpu().numpy(), self.n)
 
 
+class Progress(Protocol):
+    """Where a stopped FID computation continues (``callbacks.resumable_test.FIDProgress``): ``restore`` puts a
+    feature set's saved statistics into ``running`` (and the random state after its last saved batch, if the set is
+    unfinished) and returns how many images they hold; ``update`` is told of every batch added."""
+
+    def restore(self, name: str, running: RunningStats) -> int: ...
+
+    def update(self, name: str, running: RunningStats, finished: bool) -> None: ...
+
+
 @dataclass(frozen=True)
 class FIDResult:
     """An FID value with the protocol to write beside it (``dataclasses.asdict`` gives a flat dict)."""
@@ -127,13 +138,23 @@ def _images(batch: Tensor | tuple | list) -> Tensor:
     return batch[0] if isinstance(batch, tuple | list) else batch
 
 
-def feature_stats(batches: Iterable[Tensor], n: int, inception: FIDInception | nn.Module) -> FeatureStats:
-    """Statistics of the features of the first ``n`` images of ``batches`` (fewer if they run out)."""
-    running = RunningStats(inception.out_features, next(inception.parameters()).device)
+def feature_stats(
+    batches: Iterable[Tensor],
+    n: int,
+    inception: FIDInception | nn.Module,
+    running: RunningStats | None = None,
+    progress: Progress | None = None,
+    name: str = "",
+) -> FeatureStats:
+    """Statistics of the features of the first ``n`` images of ``batches`` (fewer if they run out), added to
+    ``running`` (a new one by default; ``progress`` is told of each batch as set ``name``)."""
+    running = running or RunningStats(inception.out_features, next(inception.parameters()).device)
     with torch.no_grad():
-        for batch in batches:
+        for batch in batches if running.n < n else ():
             x = _images(batch)[: n - running.n]
             running.update(inception(quantise(x.to(running.mean.device))))
+            if progress is not None:
+                progress.update(name, running, finished=running.n >= n)
             if running.n >= n:
                 break
     return running.stats()
@@ -146,16 +167,26 @@ def stats_path(name: str, split: str, n: int, image_shape: tuple[int, ...]) -> P
 
 
 def _generated(
-    generate: Callable[[int], Tensor], n: int, batch_size: int, shapes: list[tuple[int, ...]]
+    generate: Callable[[int], Tensor], n: int, batch_size: int, shapes: list[tuple[int, ...]], start: int = 0
 ) -> Iterator[Tensor]:
-    """``n`` images from ``generate``, ``batch_size`` at a time; each image shape is added to ``shapes``."""
-    for start in range(0, n, batch_size):
-        count = min(batch_size, n - start)
+    """Images ``start`` to ``n`` from ``generate``, in the batches of ``batch_size`` that started at 0; each image
+    shape is added to ``shapes``."""
+    for first in range(start, n, batch_size):
+        count = min(batch_size, n - first)
         x = generate(count)
         if x.shape[0] != count:
             raise ValueError(f"generate({count}) returned {x.shape[0]} images")
         shapes.append(tuple(x.shape[1:]))
         yield x
+
+
+def _skipped(batches: Iterable[Tensor | tuple | list], skip: int) -> Iterator[Tensor]:
+    """The images of ``batches`` after the first ``skip`` (read, not computed on)."""
+    for batch in batches:
+        x = _images(batch)
+        if x.shape[0] > skip:
+            yield x[skip:]
+        skip = max(0, skip - x.shape[0])
 
 
 def compute_fid(
@@ -171,6 +202,7 @@ def compute_fid(
     image_shape: tuple[int, ...] | None = None,
     inception: FIDInception | nn.Module | None = None,
     weights: str | os.PathLike | None = None,
+    progress: Progress | None = None,
 ) -> FIDResult:
     """FID between ``n`` images from ``generate(k) -> (k, C, H, W)`` in [0, 1] and a reference set.
 
@@ -182,19 +214,30 @@ def compute_fid(
     mode, recorded only.
     The Inception comes from ``inception`` (any module with ``out_features``: tests pass a cheap stand-in) or
     :func:`load_inception` ``(weights)``.
+    With ``progress`` each feature set ("generated", then "reference") continues after the images a stopped call
+    saved, the generated ones from the random state after them: the value is the uninterrupted call's, bit for bit,
+    provided ``generate`` draws only from the global generators.
     """
     if model_mode not in ("eval", "train"):
         raise ValueError(f"model_mode must be 'eval' or 'train', got {model_mode!r}")
+    if progress is not None and image_shape is None:
+        raise ValueError("a resumable FID needs image_shape (the generated images' shape may all be restored)")
     inception = inception if inception is not None else load_inception(weights)
     n_reference = n if n_reference is None else n_reference
+    device = next(inception.parameters()).device
+
+    def stats(name: str, batches_after: Callable[[int], Iterable[Tensor]], count: int) -> FeatureStats:
+        running = RunningStats(inception.out_features, device)
+        done = progress.restore(name, running) if progress is not None else 0
+        return feature_stats(batches_after(done), count, inception, running, progress, name)
 
     shapes: list[tuple[int, ...]] = []
-    fake = feature_stats(_generated(generate, n, batch_size, shapes), n, inception)
+    fake = stats("generated", lambda done: _generated(generate, n, batch_size, shapes, done), n)
     cached = False
     if isinstance(reference, FeatureStats):
         real = reference
     elif reference_name is None:
-        real = feature_stats(reference, n_reference, inception)
+        real = stats("reference", lambda done: _skipped(reference, done), n_reference)
     else:
         key_shape = tuple(image_shape) if image_shape is not None else shapes[0]
         path = stats_path(reference_name, reference_split, n_reference, key_shape)
@@ -202,7 +245,7 @@ def compute_fid(
         if cached:
             real = FeatureStats.load(path)
         else:
-            real = feature_stats(_checked(reference, key_shape), n_reference, inception)
+            real = stats("reference", lambda done: _skipped(_checked(reference, key_shape), done), n_reference)
             real.save(path)
     value = frechet_distance(fake.mu, fake.sigma, real.mu, real.sigma)
     return FIDResult(value, fake.n, real.n, reference_split, model_mode, reference_cached=cached)
