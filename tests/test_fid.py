@@ -218,36 +218,30 @@ def resumable(tmp_path, monkeypatch):
     return fid, rows
 
 
-def test_a_stopped_fid_continues_after_the_generated_images_it_saved_to_the_same_value(resumable, capsys):
+@pytest.mark.parametrize(
+    ("stopped_at", "generated", "computed", "read"),
+    [({"stop_at": 2}, [8, 2], 10 + 26, 28), ({"batches": 2}, [], 26 - 14, 28)],
+    ids=["generated", "reference"],
+)
+def test_a_stopped_fid_continues_after_the_images_it_saved_to_the_same_value(
+    resumable, capsys, stopped_at: dict, generated: list[int], computed: int, read: int
+) -> None:
+    """Stopped after two batches of generated images (16), or of reference images (14): the continued call
+    generates, computes features of and reads only what follows, from the file's random state, to the same value."""
     fid, rows = resumable
     real = torch.rand(30, 1, 4, 4)
     torch.manual_seed(0)
     whole = fid(Drawing(), StoppingLoader(real, 7), key="another run")
     torch.manual_seed(0)
     with pytest.raises(Stop):
-        fid(Drawing(stop_at=2), StoppingLoader(real, 7))
+        fid(Drawing(stopped_at.get("stop_at")), StoppingLoader(real, 7, stopped_at.get("batches")))
     torch.manual_seed(1)  # the file's random state, not this one, draws the remaining images
-    rows.clear()
-    rest = Drawing()
-    assert fid(rest, StoppingLoader(real, 7)) == whole
-    assert rest.sizes == [8, 2] and sum(rows) == 10 + 26  # images 16-25, then the reference
-    assert "FID: continuing the generated images after 16" in capsys.readouterr().err
-
-
-def test_a_stopped_fid_continues_after_the_reference_images_it_saved(resumable, capsys):
-    fid, rows = resumable
-    real = torch.rand(30, 1, 4, 4)
-    torch.manual_seed(0)
-    whole = fid(Drawing(), StoppingLoader(real, 7), key="another run")
-    torch.manual_seed(0)
-    with pytest.raises(Stop):
-        fid(Drawing(), StoppingLoader(real, 7, batches=2))
-    torch.manual_seed(1)
     rows.clear()
     rest, reference = Drawing(), StoppingLoader(real, 7)
     assert fid(rest, reference) == whole
-    assert rest.sizes == [] and sum(rows) == 26 - 14 and reference.yielded == 28  # 4 batches read
-    assert "continuing the reference images after 14" in capsys.readouterr().err
+    assert rest.sizes == generated and sum(rows) == computed and reference.yielded == read
+    after = "generated images after 16" if generated else "reference images after 14"
+    assert f"FID: continuing the {after}" in capsys.readouterr().err
 
 
 def test_a_saved_fid_of_other_weights_is_named_and_started_over(resumable, capsys):
