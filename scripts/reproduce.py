@@ -22,7 +22,8 @@ a protocol of hours can run in pieces. Per table, as the spec asks:
 * ``coherence``: residual lag-1 autocorrelation of samples and of test reconstructions (``scripts/sos_results.py``),
   picture grids of seed 0 under ``OUT/grids``;
 * ``fid_floor``: FID between N training and the same N test images (real vs real at the runs' N: about what a
-  model that samples the data distribution itself would get, FID's finite-sample bias at this N);
+  model that samples the data distribution itself would get, FID's finite-sample bias at this N), kept in
+  ``OUT/fid_floor_TABLE.json``;
 * ``dequantized_levels``: the 8-bit bound in bits/dim, (NLL + D ln L) / (D ln 2), of a density on dequantised data.
 
 Written to ``OUT`` (default ``outputs/reproduce/VARIANT-SCALE``): ``results.md`` and ``results.json``: per arm the
@@ -251,6 +252,16 @@ def test_set_size(run: Path) -> tuple[int, int]:
     batches = math.ceil(n / batch)
     kept = min(batches, limit) if isinstance(limit, int) else int(batches * float(limit))
     return min(n, kept * batch), math.prod(datamodule.data_shape)
+
+
+def cached_fid_floor(path: Path, run: Path, n: int) -> dict[str, Any]:
+    """:func:`fid_floor`, read from ``path`` when it holds the floor at ``n`` (writing the table again, after its runs
+    are done, then costs seconds instead of ``n`` Inception passes on each split)."""
+    if path.is_file() and (saved := json.loads(path.read_text()))["n"] == n:
+        return saved
+    floor = fid_floor(run, n)
+    write_text_atomically(path, json.dumps(floor) + "\n")
+    return floor
 
 
 def fid_floor(run: Path, n: int) -> dict[str, Any]:
@@ -557,7 +568,7 @@ def main(argv: list[str] | None = None) -> int:
         tables[name] = summarise_table(spec.tables[name], table_jobs, seeds)
         if spec.tables[name].get("fid_floor"):
             n = int(json.loads((table_jobs[0].folder / "metrics.json").read_text())["test/fid_n_generated"])
-            tables[name]["fid_floor"] = fid_floor(table_jobs[0].folder, n)
+            tables[name]["fid_floor"] = cached_fid_floor(out / f"fid_floor_{name}.json", table_jobs[0].folder, n)
     command = f"python scripts/reproduce.py {args.variant} --scale {args.scale}"
     command += "".join(f" --table {name}" for name in args.table or [])
     result = {

@@ -233,6 +233,20 @@ def test_vlae_smoke_orders_arms_against_the_paper(tmp_path: Path) -> None:
     assert "free-bits floor of 7.84 nats" in markdown
 
 
+def test_the_fid_floor_is_computed_once_per_n(tmp_path: Path, monkeypatch) -> None:
+    computed: list[int] = []
+
+    def floor(run: Path, n: int) -> dict:
+        computed.append(n)
+        return {"fid": 1.0 + n, "n": n, "n_reference": n}
+
+    monkeypatch.setattr(reproduce, "fid_floor", floor)
+    path = tmp_path / "fid_floor_fmnist.json"
+    first = reproduce.cached_fid_floor(path, tmp_path, 20)
+    assert reproduce.cached_fid_floor(path, tmp_path, 20) == first == json.loads(path.read_text())
+    assert reproduce.cached_fid_floor(path, tmp_path, 30)["fid"] == 31.0 and computed == [20, 30]
+
+
 @pytest.mark.slow
 def test_soft_intro_smoke_has_fid_at_n_beside_the_real_floor(tmp_path: Path) -> None:
     done = run_script("soft_intro_vae", tmp_path)
