@@ -444,14 +444,7 @@ def table_markdown(name: str, summary: dict[str, Any], seeds: list[int]) -> list
             lines += ["", f"{names[metric]}, largest first: ours {' > '.join(ours)}; the paper's {' > '.join(paper)} "
                       f"({same})."]  # fmt: skip
     if summary["free_bits"] is not None:
-        floor = float(summary["free_bits"])
-        states = []
-        for row in summary["rows"]:
-            cell = row["metrics"].get("test/kl")
-            if cell and "mean" in cell:
-                above = math.isfinite(cell["half_width"]) and cell["mean"] - cell["half_width"] > floor
-                states.append(f"{row['arm']} {'above' if above else 'not above'}")
-        lines += ["", f"Test KL against the free-bits floor of {floor:g} nats: {', '.join(states)}."]
+        lines += ["", kl_against_floor(summary["rows"], float(summary["free_bits"]))]
     if "fid_floor" in summary:
         f = summary["fid_floor"]
         lines += [
@@ -459,6 +452,21 @@ def table_markdown(name: str, summary: dict[str, Any], seeds: list[int]) -> list
             f"Real-vs-real FID floor: {f['fid']:.2f} ({f['n']:,} training vs {f['n_reference']:,} test images).",
         ]
     return lines
+
+
+def kl_against_floor(rows: list[dict[str, Any]], floor: float) -> str:
+    """Where each arm's test KL stands against the free-bits floor: above or below it when its 95% interval is, else
+    that the interval holds it; and how many seeds' KLs exceed it."""
+    states = []
+    for row in rows:
+        cell = row["metrics"].get("test/kl")
+        if not cell or "mean" not in cell:
+            continue
+        low, high = cell["mean"] - cell["half_width"], cell["mean"] + cell["half_width"]
+        where = "above it" if low > floor else "below it" if high < floor else "the interval holds it"
+        seeds = f"{sum(v > floor for v in cell['values'])} of {len(cell['values'])}"
+        states.append(f"{row['arm']} {fmt(cell['mean'], cell['half_width'])}, {where} ({seeds})")
+    return f"Test KL against the free-bits floor of {floor:g} nats (95% interval; seeds above it): {'; '.join(states)}."
 
 
 def launched(launches: int) -> str:

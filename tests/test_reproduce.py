@@ -17,6 +17,7 @@ from scipy import stats
 from scripts import reproduce
 from tests.conftest import compose_cfg
 from tests.process_helpers import PAUSE_MARKER, signal_when
+from vae_experiments.stats import t_interval
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "reproduce.py"
@@ -222,6 +223,19 @@ def test_sos_vae_smoke_adds_the_nll_curve_coherence_and_the_8_bit_bound(tmp_path
     assert (tmp_path / "grids" / "fashion_mnist" / "low_rank" / "seed0_samples.png").is_file()
 
 
+def test_the_kl_is_placed_against_the_free_bits_floor_by_its_interval() -> None:
+    def row(arm: str, values: list[float]) -> dict:
+        interval = t_interval(values)
+        cell = {"values": values, "mean": interval.mean, "half_width": interval.half_width}
+        return {"arm": arm, "metrics": {"test/kl": cell}}
+
+    rows = [row("over", [8.3, 8.4, 8.5]), row("straddles", [8.18, 7.97, 8.01]), row("under", [7.0, 7.1, 7.2])]
+    assert reproduce.kl_against_floor(rows, 7.84) == (
+        "Test KL against the free-bits floor of 7.84 nats (95% interval; seeds above it): over 8.40 ± 0.25, above it "
+        "(3 of 3); straddles 8.05 ± 0.28, the interval holds it (3 of 3); under 7.10 ± 0.25, below it (0 of 3)."
+    )
+
+
 @pytest.mark.slow
 def test_vlae_smoke_orders_arms_against_the_paper(tmp_path: Path) -> None:
     done = run_script("vlae", tmp_path)
@@ -230,7 +244,7 @@ def test_vlae_smoke_orders_arms_against_the_paper(tmp_path: Path) -> None:
     assert [row["metrics"]["test/nll"]["paper"] for row in table["rows"]] == [87.55, 79.48, 78.94]
     markdown = (tmp_path / "results.md").read_text()
     assert "the paper's pixelcnn > gaussian_prior > af_prior" in markdown
-    assert "free-bits floor of 7.84 nats" in markdown
+    assert "free-bits floor of 7.84 nats (95% interval; seeds above it): pixelcnn" in markdown
 
 
 def test_the_fid_floor_is_computed_once_per_n(tmp_path: Path, monkeypatch) -> None:
