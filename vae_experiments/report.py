@@ -60,7 +60,8 @@ def write_final_metrics(
         metrics.update(module.test_extras)
         if trainer.is_global_zero:
             L.seed_everything(seed, workers=True, verbose=False)
-            context = {"eval": settings, "seed": seed, "data": dict(getattr(datamodule, "hparams", {}))}
+            # what decides the FID's numbers: its settings, the seed it starts from, the data (not k, not the ELBO's)
+            context = {"eval.fid": settings.get("fid"), "seed": seed, "data": dict(getattr(datamodule, "hparams", {}))}
             key = json.dumps(context, sort_keys=True, default=str)
             extra = run_test_evaluations(
                 eval_cfg, module.model, datamodule, FIDProgress(out / FID_PROGRESS, weights_digest(module), key)
