@@ -12,7 +12,7 @@ from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
 from vae_experiments.atomic import write_text_atomically
-from vae_experiments.callbacks.resumable_test import FID_PROGRESS, FIDProgress, ResumableTestLoop, weights_digest
+from vae_experiments.callbacks.resumable_test import FID_PROGRESS, FIDProgress, ResumableTestLoop
 from vae_experiments.metrics.evaluations import run_test_evaluations
 from vae_experiments.module import VAEModule
 from vae_experiments.resume import METRICS
@@ -63,9 +63,8 @@ def write_final_metrics(
             # what decides the FID's numbers: its settings, the seed it starts from, the data (not k, not the ELBO's)
             context = {"eval.fid": settings.get("fid"), "seed": seed, "data": dict(getattr(datamodule, "hparams", {}))}
             key = json.dumps(context, sort_keys=True, default=str)
-            extra = run_test_evaluations(
-                eval_cfg, module.model, datamodule, FIDProgress(out / FID_PROGRESS, weights_digest(module), key)
-            )
+            fid = FIDProgress(out / FID_PROGRESS, progress.key[0], key)  # the test loop's digest of these weights
+            extra = run_test_evaluations(eval_cfg, module.model, datamodule, fid)
             scalars = {k: v for k, v in extra.items() if isinstance(v, float)}
             for logger in trainer.loggers:
                 logger.log_metrics(scalars, step=trainer.global_step)
